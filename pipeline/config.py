@@ -32,7 +32,7 @@ class ModelConfig:
     pretrained_clip_name: str = "ViT-B/32"  # architecture name, for the record and the size check
     clip_checkpoint: str = ""  # local path of OpenAI's ViT-B-32.pt / ViT-B-16.pt; nothing is downloaded
     init_model: str = ""  # student checkpoint to start from instead of CLIP
-    freeze_layer_num: int = 0  # CLIP layers below this index stay frozen (0 trains all)
+    freeze_layer_num: int = 0  # CLIP embeddings and blocks below this index stay frozen; -1 trains all
     linear_patch: str = "2d"
     sim_header: str = "seqTransf"
     cross_model: str = "cross-base"  # accepted for TeachCLIP files; the loose seqTransf student has no cross model

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -141,11 +142,18 @@ class TeachCLIPStudent(nn.Module):
         """The holistic retrieval vector [videos, dim] of normalised frames [videos, frames, 3, H, W]."""
         return self.pool_video(self.video_states(self.encode_frames(frames), frame_mask))
 
-    def forward(self, input_ids: torch.Tensor, frames: torch.Tensor,
-                frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch logits [texts, videos] and frame weights [videos, frames] for one training batch."""
+    def forward(self, input_ids: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor,
+                gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch logits [texts, videos] and frame weights [videos, frames] for one training batch.
+
+        `gather` concatenates a tensor over processes; with it, each process passes its slice of the
+        global batch and receives the logits of the whole global batch.
+        """
         text_features = self.encode_text(input_ids)
         states = self.video_states(self.encode_frames(frames), frame_mask)
+        if gather is not None:
+            text_features = gather(text_features)
+            states = VideoStates(frame_states=gather(states.frame_states), frame_logits=gather(states.frame_logits))
         return self.similarity(text_features, states)
 
     def clamp_logit_scale(self, max_log_scale: float) -> None:

@@ -1,0 +1,158 @@
+"""The `teachclip-pipeline` command: precompute, distill, evaluate, demo and cache tools."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.config import ConfigError, load_config
+
+logger = logging.getLogger(__name__)
+
+CONFIG_HELP = "YAML config file (sections model, datasets, distillation, train, cache, evaluate)."
+SET_HELP = "Override one config value, as section.key=value (repeatable), e.g. --set train.epochs=1."
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def read_config(path: str, overrides: tuple[str, ...]):
+    try:
+        return load_config(path, overrides)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from error
+
+
+def run_stage(function, *args, **kwargs):
+    """Run a stage and turn its user-facing errors into a one-line message and exit code 1."""
+    try:
+        return function(*args, **kwargs)
+    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as error:
+        logger.debug("stage failed", exc_info=True)
+        raise click.ClickException(f"{type(error).__name__}: {error}") from error
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--verbose", "-v", is_flag=True, help="Log debug messages.")
+def main(verbose: bool) -> None:
+    """Train fast text-to-video retrieval students by TeachCLIP distillation from cached teacher targets."""
+    setup_logging(verbose)
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help=SET_HELP)
+@click.option("--cache", "cache_path", default=None, help="Cache location (zarr directory, fsspec URL or .h5 file); "
+              "default: cache.path, else <train.output_dir>/teacher_cache.zarr.")
+@click.option("--backend", type=click.Choice(["zarr", "hdf5"]), default=None,
+              help="Cache format; default: cache.backend (zarr).")
+@click.option("--device", default=None, help="Torch device for the teachers, e.g. cuda:0; default: cuda if available, else cpu.")
+def precompute(config_path: str, overrides: tuple[str, ...], cache_path: str | None, backend: str | None,
+               device: str | None) -> None:
+    """Run the teachers over every training batch and store their targets (resumes an interrupted run)."""
+    from stages.precompute import run_precompute
+
+    extra = tuple(overrides)
+    if cache_path:
+        extra += (f"cache.path={cache_path}",)
+    if backend:
+        extra += (f"cache.backend={backend}",)
+    config = read_config(config_path, extra)
+    result = run_stage(run_precompute, config, device=device)
+    click.echo(f"teacher cache: {result.cache_path} ({result.steps} steps, {result.steps_written} written now, "
+               f"{result.seconds:.1f} s)")
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help=SET_HELP)
+@click.option("--cache", "cache_path", default=None, help="Teacher cache written by precompute; default as in precompute.")
+@click.option("--output-dir", default=None, help="Run directory for checkpoints and logs; default: train.output_dir.")
+@click.option("--resume", is_flag=True, help="Continue from the last saved state in the run directory.")
+def distill(config_path: str, overrides: tuple[str, ...], cache_path: str | None, output_dir: str | None,
+            resume: bool) -> None:
+    """Train the student against the cached teacher targets (use `accelerate launch` or torchrun for several processes)."""
+    from stages.distill import run_distill
+
+    extra = tuple(overrides)
+    if cache_path:
+        extra += (f"cache.path={cache_path}",)
+    if output_dir:
+        extra += (f"train.output_dir={output_dir}",)
+    config = read_config(config_path, extra)
+    result = run_stage(run_distill, config, resume=resume)
+    click.echo(f"run directory: {result.output_dir}; best validation R@1 {result.best_r1:.1f} "
+               f"({result.best_checkpoint})")
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help=SET_HELP)
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="Student checkpoint (pytorch_model.bin written by distill, or TeachCLIP's release).")
+@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True, help="Split to rank.")
+@click.option("--output-dir", default=None, help="Where metrics.json and ranks.csv go; default: evaluate.output_dir, "
+              "else <train.output_dir>/eval.")
+@click.option("--device", default=None, help="Torch device; default: cuda if available, else cpu.")
+def evaluate(config_path: str, overrides: tuple[str, ...], checkpoint: str, split: str, output_dir: str | None,
+             device: str | None) -> None:
+    """Rank every video for every query: text-to-video and video-to-text R@1/5/10/50, median and mean rank."""
+    from stages.evaluate import format_table, run_evaluate
+
+    config = read_config(config_path, tuple(overrides))
+    result = run_stage(run_evaluate, config, checkpoint, split_name=split, output_dir=output_dir, device=device)
+    click.echo(format_table(result))
+
+
+@main.command()
+@click.option("--output-dir", default="demo-output", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the demo's models, cache, run directory and metrics.")
+@click.option("--epochs", default=2, show_default=True, type=click.IntRange(min=1), help="Training epochs.")
+@click.option("--backend", type=click.Choice(["zarr", "hdf5"]), default="zarr", show_default=True, help="Cache format.")
+def demo(output_dir: str, epochs: int, backend: str) -> None:
+    """Run precompute, distill and evaluate on the bundled clips with tiny random models (CPU, a few minutes)."""
+    from stages.demo import run_demo
+
+    result = run_stage(run_demo, Path(output_dir), epochs=epochs, backend=backend)
+    click.echo(result)
+
+
+@main.group()
+def cache() -> None:
+    """Inspect and check teacher caches."""
+
+
+@cache.command("info")
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+def cache_info(path: str, as_json: bool) -> None:
+    """Describe a cache: sizes, teachers, steps done, fingerprint fields."""
+    from cache.inspect import describe_store, format_description
+
+    description = run_stage(describe_store, path)
+    click.echo(json.dumps(description, indent=2, default=str) if as_json else format_description(description))
+
+
+@cache.command("verify")
+@click.argument("path")
+def cache_verify(path: str) -> None:
+    """Check completeness, shapes, NaN and Inf, frame-target sums and every chunk; exit 1 on any fault."""
+    from cache.verify import verify_store
+
+    report = run_stage(verify_store, path)
+    click.echo(report.format())
+    if not report.ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""Stage two: train the student against the cached teacher targets with HuggingFace Accelerate.
+
+Each process takes its slice of every scheduled global batch; text features, frame states and
+AFA logits are gathered with gradients, so the losses are computed over the global B x B matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.nn as dist_nn
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from cache import TeacherCache
+from cache.fingerprint import FingerprintMismatchError, compare
+from pipeline import optim
+from pipeline.config import Config, save_config
+from pipeline.data.samples import build_samples, steps_per_epoch
+from pipeline.data.step_dataset import ScheduleDataset, local_rows
+from pipeline.losses import TeachCLIPLoss, assert_finite_terms
+from pipeline.models.factory import build_student, freeze_clip_layers
+from pipeline.models.preprocess import normalize_frames
+from pipeline.models.student import TeachCLIPStudent
+from stages.common import SplitData, cache_fingerprint, default_cache_path, frame_settings, load_split
+from stages.evaluate import evaluate_model
+from stages.precompute import describe_teachers
+
+logger = logging.getLogger(__name__)
+
+# TeachCLIP clamps exp(logit_scale) at 100 after every optimiser step, as CLIP did.
+MAX_LOGIT_SCALE = math.log(100)
+STEP_LOG = "train_log.jsonl"
+CHECKPOINT_NAME = "pytorch_model.bin"
+BEST_DIR = "best"
+
+
+@dataclass
+class DistillResult:
+    output_dir: Path
+    best_checkpoint: Path
+    best_r1: float
+    final_checkpoint: Path
+    steps: int
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate a tensor over all processes along dim 0, keeping gradients for the local part.
+
+    torch.distributed.nn.all_gather sums the gradients of all processes' losses before slicing,
+    so together with DDP's gradient mean the update equals a single process on the global batch.
+    The reference's AllGather returns only the local slice, which scales its gradient by 1 / processes.
+    """
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return tensor
+    return torch.cat(dist_nn.all_gather(tensor.contiguous()), dim=0)
+
+
+def verify_cache(config: Config, cache: TeacherCache, cache_path: Path) -> None:
+    """Raise FingerprintMismatchError unless the cache was made from this config's settings, then require it complete.
+
+    Which videos precompute skipped depends on the files found then, not on the config, so the
+    stored list is reused instead of scanning the videos again.
+    """
+    stored = cache.fingerprint
+    annotations_split = load_split(config, "train", scan=False)
+    skipped = stored.fields.get("skipped_videos", [])
+    samples = build_samples(annotations_split.annotations, skip_videos=frozenset(skipped))
+    split = SplitData(annotations_split.annotations, samples, dict.fromkeys(skipped, "skipped by precompute"))
+    expected = cache_fingerprint(config, split, describe_teachers(config))
+    differences = compare(expected, stored)
+    if differences:
+        raise FingerprintMismatchError(cache_path, differences)
+    cache.require_complete()
+
+
+def student_logits(model: torch.nn.Module, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global logits [B, B] and frame weights [B, F] from this process's slice of the batch."""
+    frames = normalize_frames(batch["frames"].to(device))  # [local, frames, 3, H, W]
+    return model(batch["input_ids"].to(device), frames, batch["frame_mask"].to(device), gather=gather_with_grad)
+
+
+def write_step_log(path: Path, record: dict) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def save_student(model: TeachCLIPStudent, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CHECKPOINT_NAME
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    temporary = path.with_suffix(".tmp")
+    torch.save(state, temporary)
+    temporary.replace(path)  # a killed save never leaves a truncated checkpoint under the final name
+    try:
+        from safetensors.torch import save_file
+
+        save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(directory / "model.safetensors"))
+    except ImportError:
+        logger.warning("safetensors is not installed; wrote only %s", path)
+    return path
+
+
+def run_distill(config: Config, resume: bool = False) -> DistillResult:
+    """Train the student for config.train.epochs over the cached schedule; returns the best checkpoint."""
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.train.mixed_precision)
+    if config.train.gradient_accumulation_steps != 1:
+        raise ValueError(
+            "train.gradient_accumulation_steps must be 1: TeachCLIP's losses are computed over the whole scheduled "
+            "batch, and micro-batches would change them. Use more processes to fit a large batch"
+        )
+    set_seed(config.train.seed)
+    device = accelerator.device
+    output_dir = Path(config.train.output_dir)
+    cache_path = default_cache_path(config)
+
+    cache = TeacherCache.open(cache_path, mode="r")
+    verify_cache(config, cache, cache_path)
+    schedule = np.asarray(cache.schedule)
+    video_ids = tuple(str(video_id) for video_id in cache.video_ids)
+    use_cached_frames = bool(cache.manifest.get("store_frames", False))
+    cache.close()
+
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, output_dir / "config.yaml")
+
+    model = build_student(config)
+    freeze_clip_layers(model, config.model.freeze_layer_num)
+    groups = optim.build_param_groups(model, lr=config.train.lr, coef_lr=config.train.coef_lr)
+    total_steps = len(schedule)
+    optimizer = optim.build_optimizer(config.train.optimizer, groups, lr=config.train.lr,
+                                      warmup=config.train.warmup_proportion, total_steps=total_steps,
+                                      max_grad_norm=config.train.max_grad_norm)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    loss_fn = TeachCLIPLoss(config.distillation.distill_method, config.distillation.fine_method, config.distillation.beta)
+
+    clip_times = load_split(config, "train", scan=False).annotations.clip_times
+    rows = local_rows(config.train.batch_size, accelerator.process_index, accelerator.num_processes)
+    dataset = ScheduleDataset(cache_path, schedule, rows, config.datasets.video_path, frame_settings(config, "train"),
+                              clip_times, video_ids, config.datasets.decode_timeout_s,
+                              config.train.seed, use_cached_frames=use_cached_frames)
+
+    start_step = restore(accelerator, output_dir) if resume else 0
+    per_epoch = steps_per_epoch(schedule, config.train.epochs)
+    sampler = list(range(start_step, total_steps))
+    loader = DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=config.datasets.num_thread_reader)
+
+    val_split = load_split(config, "val", scan=False) if accelerator.is_main_process else None
+    best_r1, best_path = -1.0, output_dir / BEST_DIR / CHECKPOINT_NAME
+    log_path = output_dir / STEP_LOG
+    progress = tqdm(total=total_steps, initial=start_step, desc="distill", unit="step",
+                    disable=not accelerator.is_local_main_process)
+
+    model.train()
+    step_started = time.perf_counter()
+    for batch in loader:
+        step = int(batch["step"])
+        logits, frame_weights = student_logits(model, batch, device)
+        terms = loss_fn(logits, frame_weights,
+                        list(batch["teacher_logits"].to(device)), list(batch["teacher_frames"].to(device)))
+        assert_finite_terms(terms, step, batch["sample_ids"].tolist())
+
+        accelerator.backward(terms.total)
+        optimizer.step()
+        optimizer.zero_grad()
+        model_module(model).clamp_logit_scale(MAX_LOGIT_SCALE)
+
+        seconds = time.perf_counter() - step_started
+        step_started = time.perf_counter()
+        record = {"step": step, "epoch": step // per_epoch, "loss": terms.total.item(),
+                  "ground_truth": terms.ground_truth.item(), "coarse": terms.coarse.item(),
+                  "fine": terms.fine.item(), "lr": optim.current_lr(optimizer), "seconds": seconds}
+        if accelerator.is_main_process:
+            write_step_log(log_path, record)
+        progress.set_postfix(loss=f"{record['loss']:.4f}", s_per_step=f"{seconds:.2f}")
+        progress.update(1)
+
+        done = step + 1
+        if config.train.save_every_steps and done % config.train.save_every_steps == 0:
+            save_progress(accelerator, output_dir, done)
+        if done % per_epoch == 0:
+            epoch = done // per_epoch - 1
+            save_progress(accelerator, output_dir, done)
+            best_r1 = end_epoch(accelerator, model, config, val_split, epoch, output_dir, best_r1, device)
+            model.train()
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    final_path = output_dir / "final" / CHECKPOINT_NAME
+    if accelerator.is_main_process:
+        final_path = save_student(model_module(model), final_path.parent)
+    return DistillResult(output_dir, best_path, best_r1, final_path, total_steps)
+
+
+def model_module(model: torch.nn.Module) -> TeachCLIPStudent:
+    return model.module if hasattr(model, "module") else model
+
+
+def end_epoch(accelerator: Accelerator, model, config: Config, val_split, epoch: int, output_dir: Path,
+              best_r1: float, device: torch.device) -> float:
+    """Save the epoch's student, validate it, and keep it as best when its R@1 is at least the best so far."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        student = model_module(model)
+        epoch_path = save_student(student, output_dir / f"epoch_{epoch}")
+        result = evaluate_model(student, config, "val", device, split=val_split)
+        r1 = result["text_to_video"]["R1"]
+        logger.info("epoch %d: validation text-to-video R@1 %.2f (best so far %.2f)", epoch, r1, max(best_r1, r1))
+        write_step_log(output_dir / "val_log.jsonl", {"epoch": epoch, **result["text_to_video"]})
+        if r1 >= best_r1:
+            best_r1 = r1
+            shutil.copytree(epoch_path.parent, output_dir / BEST_DIR, dirs_exist_ok=True)
+    accelerator.wait_for_everyone()
+    return best_r1
+
+
+STATE_DIR = "state"
+
+
+def save_progress(accelerator: Accelerator, output_dir: Path, steps_done: int) -> None:
+    """Save Accelerate state (model, optimiser, RNG) and the step count, for --resume."""
+    state_dir = output_dir / STATE_DIR
+    accelerator.save_state(str(state_dir))
+    if accelerator.is_main_process:
+        (state_dir / "progress.json").write_text(json.dumps({"steps_done": steps_done}))
+    accelerator.wait_for_everyone()
+
+
+def restore(accelerator: Accelerator, output_dir: Path) -> int:
+    state_dir = output_dir / STATE_DIR
+    progress_file = state_dir / "progress.json"
+    if not progress_file.is_file():
+        raise FileNotFoundError(
+            f"--resume found no saved state under {state_dir}; run distill without --resume to start from step 0"
+        )
+    accelerator.load_state(str(state_dir))
+    steps_done = json.loads(progress_file.read_text())["steps_done"]
+    logger.info("resuming from step %d (state in %s)", steps_done, state_dir)
+    return steps_done

@@ -1,0 +1,138 @@
+"""Evaluate: encode each video to one holistic vector and each query to one vector, then rank.
+
+Reports text-to-video and video-to-text R@1, R@5, R@10, R@50, median and mean rank, with exactly
+one rank per query (ties count against the positive).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipeline import metrics
+from pipeline.config import Config
+from pipeline.data.video_dataset import VideoFramesDataset
+from pipeline.models.factory import load_student
+from pipeline.models.preprocess import normalize_frames
+from pipeline.models.student import TeachCLIPStudent
+from pipeline.text.tokenizer import tokenize_captions
+from stages.common import SplitData, frame_settings, load_split
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+RANKS_FILE = "ranks.csv"
+METRIC_ORDER = ("R1", "R5", "R10", "R50", "MedianR", "MeanR")
+
+
+@dataclass
+class EncodedSplit:
+    text_vectors: torch.Tensor  # [queries, dim], unit length
+    video_vectors: torch.Tensor  # [videos, dim], unit length
+    query_video_index: np.ndarray  # [queries] index of each query's positive video
+
+
+@torch.no_grad()
+def encode_split(model: TeachCLIPStudent, config: Config, split: SplitData, split_name: str,
+                 device: torch.device) -> EncodedSplit:
+    """Encode every query and every video of a split with the student."""
+    model.eval()
+    samples = split.samples
+    batch_size = config.train.batch_size_val
+
+    tokens = tokenize_captions(list(samples.captions), config.datasets.max_words)
+    text_chunks = []
+    for start in tqdm(range(0, len(tokens.input_ids), batch_size), desc=f"{split_name}: texts", unit="batch", leave=False):
+        input_ids = torch.from_numpy(tokens.input_ids[start:start + batch_size]).long().to(device)
+        text_chunks.append(torch.nn.functional.normalize(model.encode_text(input_ids), dim=-1).cpu())
+
+    dataset = VideoFramesDataset(config.datasets.video_path, samples.video_ids, frame_settings(config, split_name),
+                                 clip_times=samples.clip_times, timeout_s=config.datasets.decode_timeout_s,
+                                 seed=config.train.seed)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=config.datasets.num_thread_reader)
+    video_chunks = []
+    for batch in tqdm(loader, desc=f"{split_name}: videos", unit="batch"):
+        frames = normalize_frames(batch["frames"].to(device))  # [videos, frames, 3, H, W]
+        video_chunks.append(model.encode_video(frames, batch["frame_mask"].to(device)).cpu())
+
+    return EncodedSplit(
+        text_vectors=torch.cat(text_chunks),
+        video_vectors=torch.cat(video_chunks),
+        query_video_index=samples.video_index.astype(np.int64),
+    )
+
+
+def score_split(encoded: EncodedSplit, chunk_size: int, dual_softmax: bool = False) -> dict:
+    """Text-to-video and video-to-text metrics of an encoded split; ranks are exact, ties against the positive."""
+    positive = torch.from_numpy(encoded.query_video_index)
+    t2v_ranks = metrics.chunked_query_ranks(encoded.text_vectors, encoded.video_vectors, positive, chunk_size=chunk_size)
+    v2t_ranks = metrics.chunked_video_to_text_ranks(encoded.text_vectors, encoded.video_vectors, positive,
+                                                     chunk_size=chunk_size)
+    result = {
+        "text_to_video": metrics.recall_metrics(t2v_ranks),
+        "video_to_text": metrics.recall_metrics(v2t_ranks),
+        "tie_rule": metrics.TIE_RULE,
+        "queries": int(len(positive)),
+        "videos": int(encoded.video_vectors.shape[0]),
+        "t2v_ranks": np.asarray(t2v_ranks).tolist(),
+    }
+    if dual_softmax:
+        sim_matrix = encoded.text_vectors @ encoded.video_vectors.t()  # [queries, videos]
+        reranked = metrics.dual_softmax(sim_matrix)
+        result["text_to_video_dual_softmax"] = metrics.recall_metrics(metrics.query_ranks(reranked, positive))
+    return result
+
+
+def format_table(result: dict) -> str:
+    header = f"{'direction':<16}" + "".join(f"{name:>9}" for name in METRIC_ORDER)
+    lines = [header]
+    for direction in ("text_to_video", "video_to_text", "text_to_video_dual_softmax"):
+        if direction in result:
+            row = result[direction]
+            lines.append(f"{direction:<16}" + "".join(f"{row[name]:>9.1f}" for name in METRIC_ORDER))
+    lines.append(f"{result['queries']} queries, {result['videos']} videos; ties count against the positive")
+    return "\n".join(lines)
+
+
+def write_outputs(result: dict, split: SplitData, output_dir: Path, extra: dict) -> Path:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ranks = result.pop("t2v_ranks")
+    samples = split.samples
+    with (output_dir / RANKS_FILE).open("w", encoding="utf-8") as handle:
+        handle.write("query_id,video_id,rank\n")
+        for text_id, video_index, rank in zip(samples.text_ids, samples.video_index, ranks):
+            handle.write(f"{text_id},{samples.video_ids[video_index]},{rank}\n")
+    path = output_dir / METRICS_FILE
+    path.write_text(json.dumps({**extra, **result}, indent=2))
+    logger.info("wrote %s and %s", path, output_dir / RANKS_FILE)
+    return path
+
+
+def evaluate_model(model: TeachCLIPStudent, config: Config, split_name: str, device: torch.device,
+                   split: SplitData | None = None) -> dict:
+    """Metrics of `model` on a split (used by distill for validation and by run_evaluate)."""
+    split = split or load_split(config, split_name)
+    encoded = encode_split(model, config, split, split_name, device)
+    return score_split(encoded, config.evaluate.chunk_size, config.evaluate.dual_softmax)
+
+
+def run_evaluate(config: Config, checkpoint: str | Path, split_name: str = "test",
+                 output_dir: str | Path | None = None, device: str | None = None) -> dict:
+    """Evaluate a student checkpoint on a split; writes metrics.json and ranks.csv."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    output_dir = Path(output_dir or config.evaluate.output_dir or Path(config.train.output_dir) / "eval")
+    split = load_split(config, split_name, report_dir=output_dir)
+
+    model = load_student(checkpoint, config.model.precision).to(device)
+    result = evaluate_model(model, config, split_name, device, split=split)
+    extra = {"checkpoint": str(checkpoint), "split": split_name, "skipped_videos": sorted(split.skipped)}
+    write_outputs(result, split, output_dir, extra)
+    result.update(extra)
+    return result

@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 RANKS_FILE = "ranks.csv"
 METRIC_ORDER = ("R1", "R5", "R10", "R50", "MedianR", "MeanR")
+# Dual softmax on unit-vector cosines; equals TeachCLIP's temperature 1 on logits scaled by CLIP's 100.
+DUAL_SOFTMAX_TEMPERATURE = 0.01
 
 
 @dataclass
@@ -84,9 +86,10 @@ def score_split(encoded: EncodedSplit, chunk_size: int, dual_softmax: bool = Fal
         "t2v_ranks": np.asarray(t2v_ranks).tolist(),
     }
     if dual_softmax:
-        sim_matrix = encoded.text_vectors @ encoded.video_vectors.t()  # [queries, videos]
-        reranked = metrics.dual_softmax(sim_matrix)
-        result["text_to_video_dual_softmax"] = metrics.recall_metrics(metrics.query_ranks(reranked, positive))
+        reranked = metrics.chunked_query_ranks(encoded.text_vectors, encoded.video_vectors, positive,
+                                               chunk_size=chunk_size,
+                                               dual_softmax_temperature=DUAL_SOFTMAX_TEMPERATURE)
+        result["text_to_video_dual_softmax"] = metrics.recall_metrics(reranked)
     return result
 
 

@@ -78,8 +78,10 @@ def precompute(config_path: str, overrides: tuple[str, ...], cache_path: str | N
 @click.option("--cache", "cache_path", default=None, help="Teacher cache written by precompute; default as in precompute.")
 @click.option("--output-dir", default=None, help="Run directory for checkpoints and logs; default: train.output_dir.")
 @click.option("--resume", is_flag=True, help="Continue from the last saved state in the run directory.")
+@click.option("--online", is_flag=True, help="Run the teachers inside the training loop instead of reading a cache "
+              "(no disk needed for targets; slower).")
 def distill(config_path: str, overrides: tuple[str, ...], cache_path: str | None, output_dir: str | None,
-            resume: bool) -> None:
+            resume: bool, online: bool) -> None:
     """Train the student against the cached teacher targets (use `accelerate launch` or torchrun for several processes)."""
     from stages.distill import run_distill
 
@@ -89,7 +91,7 @@ def distill(config_path: str, overrides: tuple[str, ...], cache_path: str | None
     if output_dir:
         extra += (f"train.output_dir={output_dir}",)
     config = read_config(config_path, extra)
-    result = run_stage(run_distill, config, resume=resume)
+    result = run_stage(run_distill, config, resume=resume, online=online)
     click.echo(f"run directory: {result.output_dir}; best validation R@1 {result.best_r1:.1f} "
                f"({result.best_checkpoint})")
 

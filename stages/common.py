@@ -94,5 +94,6 @@ def cache_fingerprint(config: Config, split: SplitData, teachers: list[dict]) ->
         "seed": train.seed,
         "epochs": train.epochs,
         "teachers": teachers,
+        "teacher_precision": config.model.precision,
     }
     return Fingerprint(fields)

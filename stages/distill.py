@@ -27,12 +27,13 @@ from cache import TeacherCache
 from cache.fingerprint import FingerprintMismatchError, compare
 from pipeline import optim
 from pipeline.config import Config, save_config
-from pipeline.data.samples import build_samples, steps_per_epoch
-from pipeline.data.step_dataset import ScheduleDataset, local_rows
-from pipeline.losses import TeachCLIPLoss, assert_finite_terms
+from pipeline.data.samples import build_samples, build_schedule, steps_per_epoch, tokenize_samples
+from pipeline.data.step_dataset import ScheduleDataset, TrainingTables, local_rows
+from pipeline.losses import NonFiniteLossError, TeachCLIPLoss, assert_finite_terms
 from pipeline.models.factory import build_student, freeze_clip_layers
 from pipeline.models.preprocess import normalize_frames
 from pipeline.models.student import TeachCLIPStudent
+from pipeline.models.teachers import load_teacher
 from stages.common import SplitData, cache_fingerprint, default_cache_path, frame_settings, load_split
 from stages.evaluate import evaluate_model
 from stages.precompute import describe_teachers
@@ -112,25 +113,88 @@ def save_student(model: TeachCLIPStudent, directory: Path) -> Path:
     return path
 
 
-def run_distill(config: Config, resume: bool = False) -> DistillResult:
-    """Train the student for config.train.epochs over the cached schedule; returns the best checkpoint."""
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.train.mixed_precision)
+@dataclass
+class TrainingData:
+    tables: TrainingTables
+    cache_path: Path | None  # None when the teachers run online
+    use_cached_frames: bool
+    clip_times: dict
+
+
+def cached_training_data(config: Config) -> TrainingData:
+    """Schedule, tokens and targets from the teacher cache, after checking its fingerprint."""
+    cache_path = default_cache_path(config)
+    with TeacherCache.open(cache_path, mode="r") as cache:
+        verify_cache(config, cache, cache_path)
+        tables = TrainingTables.from_cache(cache)
+        use_cached_frames = bool(cache.manifest.get("store_frames", False))
+    clip_times = load_split(config, "train", scan=False).annotations.clip_times
+    return TrainingData(tables, cache_path, use_cached_frames, clip_times)
+
+
+def online_training_data(config: Config) -> TrainingData:
+    """The same schedule and tokens precompute would cache, built from the config; no cache is read."""
+    split = load_split(config, "train", report_dir=Path(config.train.output_dir))
+    tokens = tokenize_samples(split.samples, config.datasets.max_words)
+    schedule = build_schedule(split.samples, config.train.batch_size, config.train.epochs, config.train.seed,
+                              expand_sentences=config.datasets.expand_msrvtt_sentences)
+    tables = TrainingTables(schedule, split.samples.text_index, split.samples.video_index,
+                            tokens.input_ids, tokens.attention_mask, split.samples.video_ids)
+    return TrainingData(tables, None, False, split.samples.clip_times)
+
+
+def gather_features(features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Concatenate a teacher's per-item features over processes (no gradients: teachers are frozen)."""
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return features
+    gathered = {}
+    for key, value in features.items():
+        parts = [torch.empty_like(value) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, value.contiguous())
+        gathered[key] = torch.cat(parts)
+    return gathered
+
+
+@torch.no_grad()
+def online_targets(teachers: list, batch: dict, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Run each teacher on this process's slice, gather, and apply its pairwise head to the global batch."""
+    frames = normalize_frames(batch["frames"].to(device))  # [local, frames, 3, H, W]
+    frame_mask = batch["frame_mask"].to(device).long()
+    input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    all_logits, all_frames = [], []
+    for teacher in teachers:
+        texts = gather_features(teacher.encode_texts(input_ids, attention_mask))
+        videos = gather_features(teacher.encode_videos(frames, frame_mask))
+        logits, frame_targets = teacher.batch_targets(texts, videos)  # [B, B], [B, F]
+        all_logits.append(logits.float())
+        all_frames.append(frame_targets.float())
+    return all_logits, all_frames
+
+
+def load_online_teachers(config: Config, device: torch.device) -> list:
+    teachers = [load_teacher(spec.name, spec.checkpoint, precision=config.model.precision).to(device).eval()
+                for spec in config.distillation.teachers]
+    # Sorted by name, the order in which cached targets are read, so both paths sum teachers alike.
+    return sorted(teachers, key=lambda teacher: teacher.name)
+
+
+def run_distill(config: Config, resume: bool = False, online: bool = False) -> DistillResult:
+    """Train the student for config.train.epochs over the schedule; returns the best checkpoint.
+
+    With `online`, the teachers run inside the loop on each batch, as the reference does, instead
+    of reading the cache.
+    """
     if config.train.gradient_accumulation_steps != 1:
         raise ValueError(
             "train.gradient_accumulation_steps must be 1: TeachCLIP's losses are computed over the whole scheduled "
             "batch, and micro-batches would change them. Use more processes to fit a large batch"
         )
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.train.mixed_precision)
     set_seed(config.train.seed)
     device = accelerator.device
     output_dir = Path(config.train.output_dir)
-    cache_path = default_cache_path(config)
-
-    cache = TeacherCache.open(cache_path, mode="r")
-    verify_cache(config, cache, cache_path)
-    schedule = np.asarray(cache.schedule)
-    video_ids = tuple(str(video_id) for video_id in cache.video_ids)
-    use_cached_frames = bool(cache.manifest.get("store_frames", False))
-    cache.close()
+    data = online_training_data(config) if online else cached_training_data(config)
+    teachers = load_online_teachers(config, device) if online else []
 
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -138,40 +202,44 @@ def run_distill(config: Config, resume: bool = False) -> DistillResult:
 
     model = build_student(config)
     freeze_clip_layers(model, config.model.freeze_layer_num)
+    total_steps = len(data.tables.schedule)
     groups = optim.build_param_groups(model, lr=config.train.lr, coef_lr=config.train.coef_lr)
-    total_steps = len(schedule)
     optimizer = optim.build_optimizer(config.train.optimizer, groups, lr=config.train.lr,
                                       warmup=config.train.warmup_proportion, total_steps=total_steps,
                                       max_grad_norm=config.train.max_grad_norm)
     model, optimizer = accelerator.prepare(model, optimizer)
     loss_fn = TeachCLIPLoss(config.distillation.distill_method, config.distillation.fine_method, config.distillation.beta)
 
-    clip_times = load_split(config, "train", scan=False).annotations.clip_times
     rows = local_rows(config.train.batch_size, accelerator.process_index, accelerator.num_processes)
-    dataset = ScheduleDataset(cache_path, schedule, rows, config.datasets.video_path, frame_settings(config, "train"),
-                              clip_times, video_ids, config.datasets.decode_timeout_s,
-                              config.train.seed, use_cached_frames=use_cached_frames)
+    dataset = ScheduleDataset(data.tables, rows, config.datasets.video_path, frame_settings(config, "train"),
+                              data.clip_times, config.datasets.decode_timeout_s, config.train.seed,
+                              cache_path=data.cache_path, use_cached_frames=data.use_cached_frames)
+    progress_state = restore(accelerator, output_dir) if resume else {"steps_done": 0, "best_r1": -1.0}
+    start_step, best_r1 = progress_state["steps_done"], progress_state["best_r1"]
+    loader = DataLoader(dataset, batch_size=None, sampler=list(range(start_step, total_steps)),
+                        num_workers=config.datasets.num_thread_reader)
 
-    start_step = restore(accelerator, output_dir) if resume else 0
-    per_epoch = steps_per_epoch(schedule, config.train.epochs)
-    sampler = list(range(start_step, total_steps))
-    loader = DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=config.datasets.num_thread_reader)
-
+    per_epoch = steps_per_epoch(data.tables.schedule, config.train.epochs)
     val_split = load_split(config, "val", scan=False) if accelerator.is_main_process else None
-    best_r1, best_path = -1.0, output_dir / BEST_DIR / CHECKPOINT_NAME
-    log_path = output_dir / STEP_LOG
     progress = tqdm(total=total_steps, initial=start_step, desc="distill", unit="step",
                     disable=not accelerator.is_local_main_process)
+    logger.info("training %d steps (%d per epoch) from step %d on %d processes, teachers %s", total_steps, per_epoch,
+                start_step, accelerator.num_processes, "online" if online else f"cached in {data.cache_path}")
 
     model.train()
     step_started = time.perf_counter()
     for batch in loader:
         step = int(batch["step"])
-        logits, frame_weights = student_logits(model, batch, device)
-        terms = loss_fn(logits, frame_weights,
-                        list(batch["teacher_logits"].to(device)), list(batch["teacher_frames"].to(device)))
-        assert_finite_terms(terms, step, batch["sample_ids"].tolist())
+        if online:
+            teacher_logits, teacher_frames = online_targets(teachers, batch, device)
+        else:
+            teacher_logits = list(batch["teacher_logits"].to(device))
+            teacher_frames = list(batch["teacher_frames"].to(device))
+        check_targets(teacher_logits, teacher_frames, step, batch["sample_ids"].tolist())
 
+        logits, frame_weights = student_logits(model, batch, device)
+        terms = loss_fn(logits, frame_weights, teacher_logits, teacher_frames)
+        assert_finite_terms(terms, step, batch["sample_ids"].tolist())
         accelerator.backward(terms.total)
         optimizer.step()
         optimizer.zero_grad()
@@ -183,25 +251,37 @@ def run_distill(config: Config, resume: bool = False) -> DistillResult:
                   "ground_truth": terms.ground_truth.item(), "coarse": terms.coarse.item(),
                   "fine": terms.fine.item(), "lr": optim.current_lr(optimizer), "seconds": seconds}
         if accelerator.is_main_process:
-            write_step_log(log_path, record)
+            write_step_log(output_dir / STEP_LOG, record)
+        accelerator.log(record, step=step)
         progress.set_postfix(loss=f"{record['loss']:.4f}", s_per_step=f"{seconds:.2f}")
         progress.update(1)
 
         done = step + 1
-        if config.train.save_every_steps and done % config.train.save_every_steps == 0:
-            save_progress(accelerator, output_dir, done)
         if done % per_epoch == 0:
-            epoch = done // per_epoch - 1
-            save_progress(accelerator, output_dir, done)
-            best_r1 = end_epoch(accelerator, model, config, val_split, epoch, output_dir, best_r1, device)
+            best_r1 = end_epoch(accelerator, model, config, val_split, done // per_epoch - 1, output_dir, best_r1, device)
             model.train()
+        if done % per_epoch == 0 or (config.train.save_every_steps and done % config.train.save_every_steps == 0):
+            save_progress(accelerator, output_dir, done, best_r1)
     progress.close()
 
     accelerator.wait_for_everyone()
     final_path = output_dir / "final" / CHECKPOINT_NAME
     if accelerator.is_main_process:
         final_path = save_student(model_module(model), final_path.parent)
-    return DistillResult(output_dir, best_path, best_r1, final_path, total_steps)
+    accelerator.end_training()
+    return DistillResult(output_dir, output_dir / BEST_DIR / CHECKPOINT_NAME, best_r1, final_path, total_steps)
+
+
+def check_targets(teacher_logits: list[torch.Tensor], teacher_frames: list[torch.Tensor], step: int,
+                  sample_ids: list[int]) -> None:
+    """Stop on a NaN or Inf teacher target, naming the step and the samples, before it reaches the student."""
+    for kind, tensors in (("teacher logits", teacher_logits), ("teacher frame targets", teacher_frames)):
+        for index, tensor in enumerate(tensors):
+            if not torch.isfinite(tensor).all():
+                raise NonFiniteLossError(
+                    f"step {step}: {kind} of teacher {index} contain NaN or Inf (samples {sample_ids[:20]}); "
+                    "run `teachclip-pipeline cache verify` on the cache and rerun precompute for the damaged steps"
+                )
 
 
 def model_module(model: torch.nn.Module) -> TeachCLIPStudent:
@@ -227,25 +307,30 @@ def end_epoch(accelerator: Accelerator, model, config: Config, val_split, epoch:
 
 
 STATE_DIR = "state"
+PROGRESS_FILE = "progress.json"
 
 
-def save_progress(accelerator: Accelerator, output_dir: Path, steps_done: int) -> None:
-    """Save Accelerate state (model, optimiser, RNG) and the step count, for --resume."""
+def save_progress(accelerator: Accelerator, output_dir: Path, steps_done: int, best_r1: float) -> None:
+    """Save Accelerate state (model, optimiser, RNG) with the step count and best R@1, for --resume."""
     state_dir = output_dir / STATE_DIR
     accelerator.save_state(str(state_dir))
     if accelerator.is_main_process:
-        (state_dir / "progress.json").write_text(json.dumps({"steps_done": steps_done}))
+        progress_file = state_dir / PROGRESS_FILE
+        temporary = progress_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"steps_done": steps_done, "best_r1": best_r1}))
+        temporary.replace(progress_file)
     accelerator.wait_for_everyone()
 
 
-def restore(accelerator: Accelerator, output_dir: Path) -> int:
+def restore(accelerator: Accelerator, output_dir: Path) -> dict:
+    """Load the last saved state; returns {"steps_done", "best_r1"}."""
     state_dir = output_dir / STATE_DIR
-    progress_file = state_dir / "progress.json"
+    progress_file = state_dir / PROGRESS_FILE
     if not progress_file.is_file():
         raise FileNotFoundError(
             f"--resume found no saved state under {state_dir}; run distill without --resume to start from step 0"
         )
     accelerator.load_state(str(state_dir))
-    steps_done = json.loads(progress_file.read_text())["steps_done"]
-    logger.info("resuming from step %d (state in %s)", steps_done, state_dir)
-    return steps_done
+    progress = json.loads(progress_file.read_text())
+    logger.info("resuming from step %d (state in %s)", progress["steps_done"], state_dir)
+    return progress

@@ -8,6 +8,7 @@ computed over the gathered global B x B matrix.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,46 +33,60 @@ def local_rows(batch_size: int, rank: int, world_size: int) -> slice:
     return slice(rank * local, (rank + 1) * local)
 
 
-class ScheduleDataset(Dataset):
-    """Step s -> tokens, frames and masks of this process's rows, plus the global batch's teacher targets."""
+@dataclass(frozen=True)
+class TrainingTables:
+    """What replaying the schedule needs besides frames and targets, from a cache or from the config."""
 
-    def __init__(self, cache_path: str | Path, schedule: np.ndarray, rows: slice,
-                 video_dir: str | Path | None, settings: FrameSettings, clip_times: dict,
-                 video_ids: tuple[str, ...], timeout_s: float | None, seed: int,
-                 read_targets: bool = True, use_cached_frames: bool = False):
-        self.cache_path = str(cache_path)
-        self.schedule = schedule
+    schedule: np.ndarray  # [steps, batch] sample indices
+    text_index: np.ndarray  # [samples]
+    video_index: np.ndarray  # [samples]
+    tokens: np.ndarray  # [texts, max_words]
+    mask: np.ndarray  # [texts, max_words]
+    video_ids: tuple[str, ...]
+
+    @classmethod
+    def from_cache(cls, cache: TeacherCache) -> "TrainingTables":
+        return cls(
+            schedule=np.asarray(cache.schedule),
+            text_index=np.asarray(cache.text_index),
+            video_index=np.asarray(cache.video_index),
+            tokens=np.asarray(cache.tokens),
+            mask=np.asarray(cache.mask),
+            video_ids=tuple(str(video_id) for video_id in cache.video_ids),
+        )
+
+
+class ScheduleDataset(Dataset):
+    """Step s -> tokens, frames and masks of this process's rows, plus the global batch's cached teacher targets."""
+
+    def __init__(self, tables: TrainingTables, rows: slice, video_dir: str | Path | None, settings: FrameSettings,
+                 clip_times: dict, timeout_s: float | None, seed: int,
+                 cache_path: str | Path | None = None, use_cached_frames: bool = False):
+        self.tables = tables
         self.rows = rows
-        self.read_targets = read_targets
+        self.cache_path = str(cache_path) if cache_path else None
         self.use_cached_frames = use_cached_frames
-        self.videos = VideoFramesDataset(video_dir or ".", video_ids, settings, clip_times, timeout_s, seed)
+        self.videos = VideoFramesDataset(video_dir or ".", tables.video_ids, settings, clip_times, timeout_s, seed)
         self._cache: TeacherCache | None = None
-        self._tables: dict[str, np.ndarray] | None = None
 
     def cache(self) -> TeacherCache:
         # Opened lazily so each DataLoader worker holds its own handle.
         if self._cache is None:
             self._cache = TeacherCache.open(self.cache_path, mode="r")
-            self._tables = {
-                "text_index": np.asarray(self._cache.text_index),
-                "video_index": np.asarray(self._cache.video_index),
-                "tokens": np.asarray(self._cache.tokens),
-                "mask": np.asarray(self._cache.mask),
-            }
         return self._cache
 
     def __len__(self) -> int:
-        return len(self.schedule)
+        return len(self.tables.schedule)
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
-        cache = self.cache()
-        tables = self._tables
-        samples = self.schedule[step]  # [global batch]
+        tables = self.tables
+        samples = tables.schedule[step]  # [global batch]
         local = samples[self.rows]  # [local batch]
-        text_rows = tables["text_index"][local]
-        video_rows = tables["video_index"][local]
+        text_rows = tables.text_index[local]
+        video_rows = tables.video_index[local]
 
         if self.use_cached_frames:
+            cache = self.cache()
             frames = np.stack([cache.read_video_frames(int(video)) for video in video_rows])
             frame_mask = np.asarray(cache.frame_mask)[video_rows]
         else:
@@ -82,13 +97,13 @@ class ScheduleDataset(Dataset):
         item = {
             "step": torch.tensor(step),
             "sample_ids": torch.from_numpy(samples.astype(np.int64)),
-            "input_ids": torch.from_numpy(tables["tokens"][text_rows].astype(np.int64)),
-            "attention_mask": torch.from_numpy(tables["mask"][text_rows].astype(np.int64)),
+            "input_ids": torch.from_numpy(tables.tokens[text_rows].astype(np.int64)),
+            "attention_mask": torch.from_numpy(tables.mask[text_rows].astype(np.int64)),
             "frames": torch.from_numpy(frames),
             "frame_mask": torch.from_numpy(frame_mask.astype(bool)),
         }
-        if self.read_targets:
-            targets = cache.read_step(step)
+        if self.cache_path is not None:
+            targets = self.cache().read_step(step)
             names = sorted(targets)
             item["teacher_logits"] = torch.from_numpy(np.stack([targets[name][0] for name in names]))  # [teachers, B, B]
             item["teacher_frames"] = torch.from_numpy(np.stack([targets[name][1] for name in names]))  # [teachers, B, F]

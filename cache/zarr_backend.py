@@ -1,0 +1,216 @@
+"""Zarr v3 storage for teacher caches: local directories or any fsspec URL.
+
+Local stores go through zarr's LocalStore, which writes every chunk to a temporary
+file and renames it into place, so a killed writer never leaves a torn chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.storage
+from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.core.sync import sync
+
+from cache.errors import CacheNotFoundError, ReadOnlyCacheError
+from cache.schema import ArraySpec
+
+logger = logging.getLogger(__name__)
+
+# zstd level 3 is zstd's own default: most of the ratio of higher levels at a
+# fraction of their write time.
+ZSTD_LEVEL = 3
+
+# Chunk files left by a write that was interrupted between writing and renaming.
+TEMPORARY_FILE_SUFFIX = ".partial"
+
+
+def is_remote_url(location: str) -> bool:
+    """Return whether a location is a URL other than `file://`."""
+    return "://" in location and not location.startswith("file://")
+
+
+def local_path(location: str) -> Path:
+    """Return the filesystem path of a local location, which may be a `file://` URL."""
+    return Path(location.removeprefix("file://"))
+
+
+def _open_store(location: str, read_only: bool) -> zarr.abc.store.Store:
+    if is_remote_url(location):
+        # NOTE: atomic chunk writes depend on the filesystem behind the URL; object
+        # stores (S3, GCS) replace an object in one request, others may not.
+        return zarr.storage.FsspecStore.from_url(location, read_only=read_only)
+    return zarr.storage.LocalStore(local_path(location), read_only=read_only)
+
+
+def _zarr_dtype(dtype: str) -> Any:
+    return str if dtype == "string" else dtype
+
+
+def _fill_value(spec: ArraySpec) -> Any:
+    if spec.dtype == "string":
+        return ""
+    if spec.dtype == "bool":
+        return False
+    return 0
+
+
+class ZarrArrays:
+    """Named arrays and root attributes of one zarr group, read and written as numpy."""
+
+    backend = "zarr"
+
+    def __init__(self, group: zarr.Group, location: str, writable: bool):
+        self._group = group
+        self.location = location
+        self.writable = writable
+        self._arrays: dict[str, zarr.Array] = {}
+
+    @classmethod
+    def create(
+        cls, location: str, specs: Mapping[str, ArraySpec], root_attributes: Mapping[str, Any], overwrite: bool = False
+    ) -> ZarrArrays:
+        """Create a group with the root attributes first, then one array per spec.
+
+        Without `overwrite`, an existing store at the location raises FileExistsError.
+        """
+        store = _open_store(location, read_only=False)
+        group = zarr.open_group(store, mode="w" if overwrite else "w-", attributes=dict(root_attributes))
+        arrays = cls(group, location, writable=True)
+
+        for spec in specs.values():
+            group.create_array(
+                spec.name,
+                shape=spec.shape,
+                dtype=_zarr_dtype(spec.dtype),
+                chunks=spec.chunks,
+                fill_value=_fill_value(spec),
+                # The crc32c checksum makes a damaged chunk fail to decode instead of
+                # decoding into wrong numbers.
+                compressors=(ZstdCodec(level=ZSTD_LEVEL), Crc32cCodec()),
+                attributes=dict(spec.attributes),
+                # Storing chunks that equal the fill value lets `verify` tell a written
+                # chunk from a lost chunk file.
+                config={"write_empty_chunks": True},
+            )
+        return arrays
+
+    @classmethod
+    def open(cls, location: str, writable: bool) -> ZarrArrays:
+        """Open an existing group; raise CacheNotFoundError when there is none."""
+        try:
+            store = _open_store(location, read_only=not writable)
+            group = zarr.open_group(store, mode="r+" if writable else "r")
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as error:
+            raise CacheNotFoundError(f"no teacher cache found at {location}") from error
+        return cls(group, location, writable)
+
+    def _array(self, name: str) -> zarr.Array:
+        if name not in self._arrays:
+            node = self._group[name]
+            if not isinstance(node, zarr.Array):
+                raise KeyError(f"{name} in {self.location} is a group, not an array")
+            self._arrays[name] = node
+        return self._arrays[name]
+
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise ReadOnlyCacheError(f"{self.location} is open for reading only; open it with mode='r+' to write")
+
+    @property
+    def root_attributes(self) -> dict[str, Any]:
+        """The group's attributes, read from the store on each access."""
+        return dict(zarr.open_group(self._group.store, mode="r").attrs)
+
+    def update_root_attributes(self, values: Mapping[str, Any]) -> None:
+        """Replace the given root attributes in one metadata write."""
+        self._require_writable()
+        self._group.attrs.update(dict(values))
+
+    def has(self, name: str) -> bool:
+        """Return whether the group contains an array with this name."""
+        try:
+            self._array(name)
+        except KeyError:
+            return False
+        return True
+
+    def array_names(self) -> list[str]:
+        """Return the names of all arrays, sorted."""
+        return sorted(path for path, node in self._group.members(max_depth=None) if isinstance(node, zarr.Array))
+
+    def info(self, name: str) -> dict[str, Any]:
+        """Return an array's shape, dtype, chunks, codecs and attributes."""
+        array = self._array(name)
+        dtype = "string" if array.dtype.kind in "OTU" else array.dtype.name
+        return {
+            "shape": tuple(array.shape),
+            "dtype": dtype,
+            "chunks": tuple(array.chunks),
+            "codecs": [type(codec).__name__ for codec in array.compressors],
+            "attributes": dict(array.attrs),
+        }
+
+    def read(self, name: str, selection: Any = ...) -> np.ndarray:
+        """Read a selection of an array; string arrays come back as numpy object arrays of str."""
+        values = self._array(name)[selection]
+        if isinstance(values, np.ndarray) and values.dtype.kind == "T":
+            return values.astype(object)
+        return np.asarray(values)
+
+    def write(self, name: str, selection: Any, values: Any) -> None:
+        """Write values into a selection of an array; the call returns once the chunks are stored."""
+        self._require_writable()
+        self._array(name)[selection] = values
+
+    def update_array_attributes(self, name: str, values: Mapping[str, Any]) -> None:
+        """Set attributes of one array."""
+        self._require_writable()
+        self._array(name).attrs.update(dict(values))
+
+    def stored_chunk_rows(self, name: str) -> tuple[set[int], list[str]]:
+        """List the first-axis chunk indices that have a stored chunk, and leftover temporary files.
+
+        A temporary file is left when a writer was killed between writing a chunk and
+        renaming it into place; the chunk itself is then absent or still the old one.
+        """
+        array = self._array(name)
+        prefix = f"{array.path}/c/"
+
+        async def list_keys() -> list[str]:
+            return [key async for key in array.store.list_prefix(prefix)]
+
+        rows = set()
+        leftovers = []
+        for key in sync(list_keys()):
+            if key.endswith(TEMPORARY_FILE_SUFFIX):
+                leftovers.append(key)
+                continue
+            rows.add(int(key[len(prefix):].split("/")[0]))
+        return rows, leftovers
+
+    def disk_bytes(self) -> int | None:
+        """Return the bytes that a local store takes on disk, or None for a remote one."""
+        if is_remote_url(self.location):
+            return None
+        return directory_bytes(local_path(self.location))
+
+    def close(self) -> None:
+        """Release the store's resources."""
+        self._arrays.clear()
+        self._group.store.close()
+
+
+def directory_bytes(path: Path) -> int:
+    """Return the total size of the files under a directory."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            total += os.path.getsize(os.path.join(root, name))
+    return total

@@ -1,0 +1,497 @@
+"""Tests for the teacher cache on real zarr and HDF5 stores: round trips, resume, kills, checks.
+
+Run as a script, this file is the writer that the kill and multi-process tests start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+
+from cache import (
+    CacheCreationInterruptedError,
+    CacheFormatError,
+    CacheLayout,
+    CacheNotFoundError,
+    Fingerprint,
+    FingerprintMismatchError,
+    IncompleteCacheError,
+    ReadOnlyCacheError,
+    TeacherCache,
+)
+
+TEACHERS = ("xclip", "xpool")
+BACKEND_SUFFIXES = {"zarr": ".zarr", "hdf5": ".h5"}
+
+# Steps that the writer child has written when the kill test sends SIGKILL.
+STEPS_BEFORE_KILL = 10
+CHILD_TIMEOUT_S = 120
+
+
+def small_layout(**changes) -> CacheLayout:
+    values = dict(num_samples=12, num_texts=12, max_words=8, num_videos=6, max_frames=4, num_steps=9,
+                  batch_size=4, teacher_names=TEACHERS, target_dtype="float16", store_frames=False, image_size=8)
+    values.update(changes)
+    return CacheLayout(**values)
+
+
+def small_fingerprint(**changes) -> Fingerprint:
+    fields = {"annotation_sha256": {"train.csv": "0f" * 32}, "batch_size": 4, "seed": 42, "epochs": 3,
+              "teacher.xclip.checkpoint_sha256": "ab" * 32}
+    fields.update(changes)
+    return Fingerprint(fields)
+
+
+def synthetic_inputs(layout: CacheLayout) -> dict:
+    """Deterministic samples, texts, videos, schedule and frames for a layout."""
+    rng = np.random.default_rng(1234)
+    frame_mask = np.ones((layout.num_videos, layout.max_frames), dtype=bool)
+    frame_mask[0, -1] = False  # one short video, padded at the end
+    frames = rng.integers(0, 256, (layout.num_videos, layout.max_frames, layout.image_size, layout.image_size, 3),
+                          dtype=np.uint8)
+    frames[~frame_mask] = 0
+    return {
+        "text_index": np.arange(layout.num_samples) % layout.num_texts,
+        "video_index": np.arange(layout.num_samples) % layout.num_videos,
+        "text_ids": [f"video{i % layout.num_videos}#{i}" for i in range(layout.num_texts)],
+        "tokens": rng.integers(0, 49408, (layout.num_texts, layout.max_words)),
+        "mask": rng.random((layout.num_texts, layout.max_words)) < 0.7,
+        "video_ids": [f"video{i}" for i in range(layout.num_videos)],
+        "frame_mask": frame_mask,
+        "schedule": rng.integers(0, layout.num_samples, (layout.num_steps, layout.batch_size)),
+        "frames": frames,
+    }
+
+
+def synthetic_targets(layout: CacheLayout, teacher: str, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic float32 logits and softmax frame targets for one teacher and step."""
+    rng = np.random.default_rng([TEACHERS.index(teacher), int(step)])
+    logits = (rng.standard_normal((layout.batch_size, layout.batch_size)) * 20).astype(np.float32)
+    scores = rng.standard_normal((layout.batch_size, layout.max_frames))
+    frame_targets = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)  # [batch, frames]
+    return logits, frame_targets.astype(np.float32)
+
+
+def write_inputs(cache: TeacherCache, layout: CacheLayout) -> None:
+    inputs = synthetic_inputs(layout)
+    cache.write_samples(inputs["text_index"], inputs["video_index"])
+    cache.write_texts(inputs["text_ids"], inputs["tokens"], inputs["mask"])
+    cache.write_videos(inputs["video_ids"], inputs["frame_mask"])
+    cache.write_schedule(inputs["schedule"])
+    if layout.store_frames:
+        for video in range(layout.num_videos):
+            cache.write_video_frames(video, inputs["frames"][video])
+
+
+def write_steps(cache: TeacherCache, layout: CacheLayout, steps=None, rank: int = 0, world_size: int = 1,
+                announce: bool = False) -> None:
+    for teacher in layout.teacher_names:
+        pending = cache.pending_steps(teacher, rank, world_size) if steps is None else steps
+        for step in pending:
+            cache.write_step(teacher, int(step), *synthetic_targets(layout, teacher, step))
+            if announce:
+                print(f"wrote {teacher} {step}", flush=True)
+
+
+def build_store(path: Path, layout: CacheLayout, backend: str = "zarr") -> TeacherCache:
+    """Create, fill and finalize a store, returning it open for reading."""
+    cache = TeacherCache.create(path, layout, small_fingerprint(), backend=backend,
+                                teacher_info={"xclip": {"checkpoint_sha256": "ab" * 32, "config": {"width": 64}}})
+    write_inputs(cache, layout)
+    write_steps(cache, layout)
+    cache.finalize()
+    return cache
+
+
+def read_all_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Read every array of a finished store with zarr or h5py directly, keyed by name."""
+    if h5py.is_hdf5(path):
+        arrays = {}
+        with h5py.File(path, "r") as file:
+            def collect(name, node):
+                if isinstance(node, h5py.Dataset):
+                    is_string = h5py.check_string_dtype(node.dtype) is not None
+                    arrays[name] = np.asarray(node.asstr()[...] if is_string else node[...])
+            file.visititems(collect)
+        return arrays
+
+    group = zarr.open_group(str(path), mode="r")
+    return {name: np.asarray(node[...]) for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)}
+
+
+def assert_same_arrays(first: Path, second: Path) -> None:
+    arrays = read_all_arrays(first)
+    other = read_all_arrays(second)
+
+    assert sorted(arrays) == sorted(other)
+    for name in arrays:
+        assert arrays[name].dtype == other[name].dtype, name
+        if arrays[name].dtype.kind in "OTU":
+            assert arrays[name].tolist() == other[name].tolist(), name
+        else:
+            assert arrays[name].tobytes() == other[name].tobytes(), name
+
+
+def store_path(tmp_path: Path, backend: str, name: str = "cache") -> Path:
+    return tmp_path / f"{name}{BACKEND_SUFFIXES[backend]}"
+
+
+# ----- round trips -----
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_round_trip_every_array(tmp_path, backend):
+    layout = small_layout(store_frames=True)
+    inputs = synthetic_inputs(layout)
+    build_store(store_path(tmp_path, backend), layout, backend).close()
+
+    with TeacherCache.open(store_path(tmp_path, backend)) as cache:
+        assert cache.backend == backend
+        assert cache.is_complete()
+        np.testing.assert_array_equal(cache.text_index, inputs["text_index"])
+        np.testing.assert_array_equal(cache.video_index, inputs["video_index"])
+        assert cache.text_ids == inputs["text_ids"]
+        np.testing.assert_array_equal(cache.tokens, inputs["tokens"])
+        np.testing.assert_array_equal(cache.mask, inputs["mask"])
+        assert cache.video_ids == inputs["video_ids"]
+        np.testing.assert_array_equal(cache.frame_mask, inputs["frame_mask"])
+        np.testing.assert_array_equal(cache.schedule, inputs["schedule"])
+        assert cache.teacher_names == TEACHERS
+        assert cache.fingerprint == small_fingerprint()
+
+        for video in range(layout.num_videos):
+            np.testing.assert_array_equal(cache.read_video_frames(video), inputs["frames"][video])
+
+        for step in range(layout.num_steps):
+            targets = cache.read_step(step)
+            assert sorted(targets) == sorted(TEACHERS)
+            for teacher in TEACHERS:
+                logits, frame_targets = synthetic_targets(layout, teacher, step)
+                assert targets[teacher][0].dtype == np.float32
+                np.testing.assert_array_equal(targets[teacher][0], logits.astype(np.float16).astype(np.float32))
+                np.testing.assert_array_equal(targets[teacher][1],
+                                              frame_targets.astype(np.float16).astype(np.float32))
+
+
+def test_float32_targets_stored_exactly(tmp_path):
+    layout = small_layout(target_dtype="float32")
+    build_store(tmp_path / "cache.zarr", layout).close()
+
+    with TeacherCache.open(tmp_path / "cache.zarr") as cache:
+        logits, frame_targets = synthetic_targets(layout, "xpool", 3)
+        np.testing.assert_array_equal(cache.read_step(3)["xpool"][0], logits)
+        np.testing.assert_array_equal(cache.read_step(3)["xpool"][1], frame_targets)
+
+
+def test_zarr_step_arrays_chunked_per_step(tmp_path):
+    layout = small_layout()
+    build_store(tmp_path / "cache.zarr", layout).close()
+
+    group = zarr.open_group(str(tmp_path / "cache.zarr"), mode="r")
+    assert group["teachers/xclip/logits"].chunks == (1, layout.batch_size, layout.batch_size)
+    assert group["teachers/xclip/frame_targets"].chunks == (1, layout.batch_size, layout.max_frames)
+    assert group["teachers/xclip/done"].chunks == (1,)
+    codecs = [type(codec).__name__ for codec in group["teachers/xclip/logits"].compressors]
+    assert codecs == ["ZstdCodec", "Crc32cCodec"]
+
+
+def test_hdf5_step_arrays_chunked_per_step(tmp_path):
+    layout = small_layout()
+    build_store(tmp_path / "cache.h5", layout, "hdf5").close()
+
+    with h5py.File(tmp_path / "cache.h5", "r") as file:
+        logits = file["teachers/xclip/logits"]
+        assert logits.chunks == (1, layout.batch_size, layout.batch_size)
+        assert file["teachers/xclip/frame_targets"].chunks == (1, layout.batch_size, layout.max_frames)
+        assert logits.compression == "gzip"
+        assert logits.fletcher32
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_manifest_records_fingerprint_and_teachers(tmp_path, backend):
+    path = store_path(tmp_path, backend)
+    build_store(path, small_layout(), backend).close()
+
+    if backend == "hdf5":
+        with h5py.File(path, "r") as file:
+            manifest = json.loads(file.attrs["teachclip_cache"])
+            logits_attributes = dict(file["teachers/xclip/logits"].attrs)
+    else:
+        group = zarr.open_group(str(path), mode="r")
+        manifest = group.attrs["teachclip_cache"]
+        logits_attributes = dict(group["teachers/xclip/logits"].attrs)
+
+    assert manifest["schema_version"] == 1
+    assert manifest["state"] == "complete"
+    assert manifest["fingerprint"]["digest"] == small_fingerprint().digest
+    assert manifest["fingerprint"]["fields"]["seed"] == 42
+    assert manifest["teachers"]["xclip"]["checkpoint_sha256"] == "ab" * 32
+    assert manifest["teachers"]["xclip"]["config"] == {"width": 64}
+    assert manifest["target_dtype"] == "float16"
+    assert manifest["store_frames"] is False
+    assert manifest["arrays"]["teachers/xpool/logits"]["shape"] == [9, 4, 4]
+    assert "exp(logit_scale)" in logits_attributes["description"]
+    assert logits_attributes["rows"].startswith("texts")
+
+
+def test_hdf5_suffix_selects_hdf5(tmp_path):
+    path = tmp_path / "cache.h5"
+    cache = TeacherCache.create(path, small_layout(), small_fingerprint())
+    assert cache.backend == "hdf5"
+    assert (tmp_path / "cache.h5.staging.zarr").is_dir()
+
+    write_inputs(cache, small_layout())
+    write_steps(cache, small_layout())
+    cache.finalize()
+    cache.close()
+
+    assert h5py.is_hdf5(path)
+    assert not (tmp_path / "cache.h5.staging.zarr").exists()
+
+
+def test_fsspec_memory_url_round_trip():
+    layout = small_layout()
+    url = "memory://teachclip-tests/cache.zarr"
+    build_store(url, layout).close()
+
+    with TeacherCache.open(url) as cache:
+        logits, _ = synthetic_targets(layout, "xclip", 5)
+        np.testing.assert_array_equal(cache.read_step(5)["xclip"][0], logits.astype(np.float16).astype(np.float32))
+
+
+# ----- opening, resuming and refusing -----
+
+
+def test_open_missing_path_not_found(tmp_path):
+    with pytest.raises(CacheNotFoundError, match="cache.h5.staging.zarr"):
+        TeacherCache.open(tmp_path / "cache.h5")
+
+
+def test_open_plain_zarr_group_rejected(tmp_path):
+    zarr.open_group(str(tmp_path / "other.zarr"), mode="w").create_array("x", shape=(3,), dtype="int32")
+
+    with pytest.raises(CacheFormatError, match="not a teacher cache"):
+        TeacherCache.open(tmp_path / "other.zarr")
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_open_or_create_resumes_matching_store(tmp_path, backend):
+    layout = small_layout()
+    path = store_path(tmp_path, backend)
+    cache = TeacherCache.create(path, layout, small_fingerprint(), backend=backend)
+    write_inputs(cache, layout)
+    write_steps(cache, layout, steps=[0, 2, 5])
+    cache.close()
+
+    with TeacherCache.open_or_create(path, layout, small_fingerprint(), backend=backend) as cache:
+        assert cache.writable
+        assert cache.pending_steps("xclip").tolist() == [1, 3, 4, 6, 7, 8]
+        assert cache.pending_steps("xpool").tolist() == [1, 3, 4, 6, 7, 8]
+
+
+def test_open_or_create_rejects_other_fingerprint(tmp_path):
+    TeacherCache.create(tmp_path / "cache.zarr", small_layout(), small_fingerprint()).close()
+
+    with pytest.raises(FingerprintMismatchError) as raised:
+        TeacherCache.open_or_create(tmp_path / "cache.zarr", small_layout(num_steps=10), small_fingerprint(seed=7))
+
+    message = str(raised.value)
+    assert "seed: expected 7, stored 42" in message
+    assert "layout.num_steps: expected 10, stored 9" in message
+    assert [difference.name for difference in raised.value.differences] == ["seed", "layout.num_steps"]
+
+
+def test_open_or_create_returns_complete_read_only(tmp_path):
+    layout = small_layout()
+    build_store(tmp_path / "cache.zarr", layout).close()
+
+    with TeacherCache.open_or_create(tmp_path / "cache.zarr", layout, small_fingerprint()) as cache:
+        assert not cache.writable
+        assert cache.pending_steps("xclip").tolist() == []
+        write_inputs(cache, layout)  # the values it holds: accepted without writing
+
+        with pytest.raises(ReadOnlyCacheError, match="schedule differs"):
+            cache.write_schedule(synthetic_inputs(layout)["schedule"][::-1])
+        with pytest.raises(ReadOnlyCacheError):
+            cache.write_step("xclip", 0, *synthetic_targets(layout, "xclip", 0))
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_complete_store_rejects_write_mode(tmp_path, backend):
+    path = store_path(tmp_path, backend)
+    build_store(path, small_layout(), backend).close()
+
+    with pytest.raises(ReadOnlyCacheError):
+        TeacherCache.open(path, mode="r+")
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_require_complete_names_missing_steps(tmp_path, backend):
+    layout = small_layout()
+    path = store_path(tmp_path, backend)
+    cache = TeacherCache.create(path, layout, small_fingerprint(), backend=backend)
+    write_inputs(cache, layout)
+    write_steps(cache, layout, steps=range(6))
+    cache.write_step("xpool", 7, *synthetic_targets(layout, "xpool", 7))
+    cache.close()
+
+    with TeacherCache.open(path) as cache:
+        assert not cache.is_complete()
+        with pytest.raises(IncompleteCacheError) as raised:
+            cache.require_complete()
+
+    message = str(raised.value)
+    assert "teacher 'xclip' has 3 of 9 steps missing (first: 6, 7, 8)" in message
+    assert "teacher 'xpool' has 2 of 9 steps missing (first: 6, 8)" in message
+    assert "teachclip-pipeline precompute" in message
+
+
+def test_require_complete_names_unwritten_arrays(tmp_path):
+    layout = small_layout()
+    cache = TeacherCache.create(tmp_path / "cache.zarr", layout, small_fingerprint())
+    write_steps(cache, layout)
+    cache.close()
+
+    with TeacherCache.open(tmp_path / "cache.zarr") as cache:
+        with pytest.raises(IncompleteCacheError, match="array schedule is not written"):
+            cache.require_complete()
+
+
+def test_require_complete_unfinalized_store(tmp_path):
+    layout = small_layout()
+    cache = TeacherCache.create(tmp_path / "cache.zarr", layout, small_fingerprint())
+    write_inputs(cache, layout)
+    write_steps(cache, layout)
+    cache.close()
+
+    with TeacherCache.open(tmp_path / "cache.zarr") as cache:
+        with pytest.raises(IncompleteCacheError, match="not marked complete"):
+            cache.require_complete()
+
+
+def test_read_pending_step_raises(tmp_path):
+    layout = small_layout()
+    cache = TeacherCache.create(tmp_path / "cache.zarr", layout, small_fingerprint())
+    write_inputs(cache, layout)
+    write_steps(cache, layout, steps=[0])
+
+    assert set(cache.read_step(0)) == set(TEACHERS)
+    with pytest.raises(IncompleteCacheError, match="step 1 of teacher 'xclip'"):
+        cache.read_step(1)
+
+
+def test_finalize_incomplete_store_raises(tmp_path):
+    layout = small_layout()
+    cache = TeacherCache.create(tmp_path / "cache.h5", layout, small_fingerprint())
+    write_inputs(cache, layout)
+    write_steps(cache, layout, steps=range(8))
+
+    with pytest.raises(IncompleteCacheError, match=r"has 1 of 9 steps missing \(first: 8\)"):
+        cache.finalize()
+    assert not (tmp_path / "cache.h5").exists()
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_interrupted_create_is_recreated(tmp_path, backend):
+    path = store_path(tmp_path, backend)
+    TeacherCache.create(path, small_layout(), small_fingerprint(), backend=backend).close()
+    # A create killed before its last write leaves the root saying "creating".
+    location = str(path) + (".staging.zarr" if backend == "hdf5" else "")
+    zarr.open_group(location, mode="r+").attrs["teachclip_cache"] = {"schema_version": 1, "state": "creating"}
+
+    with pytest.raises(CacheCreationInterruptedError, match="not fully created"):
+        TeacherCache.open(path)
+
+    with TeacherCache.open_or_create(path, small_layout(), small_fingerprint(), backend=backend) as cache:
+        assert cache.pending_steps("xclip").tolist() == list(range(9))
+        assert cache.manifest["state"] == "writing"
+
+
+def test_create_existing_store_raises(tmp_path):
+    TeacherCache.create(tmp_path / "cache.zarr", small_layout(), small_fingerprint()).close()
+
+    with pytest.raises(FileExistsError, match="open_or_create"):
+        TeacherCache.create(tmp_path / "cache.zarr", small_layout(), small_fingerprint())
+
+
+# ----- input checks on writes -----
+
+
+def test_write_step_rejects_nan(tmp_path):
+    layout = small_layout()
+    cache = TeacherCache.create(tmp_path / "cache.zarr", layout, small_fingerprint())
+    logits, frame_targets = synthetic_targets(layout, "xclip", 0)
+    logits[1, 2] = np.nan
+
+    with pytest.raises(ValueError, match="1 NaN or infinite"):
+        cache.write_step("xclip", 0, logits, frame_targets)
+    assert cache.pending_steps("xclip").tolist() == list(range(9))
+
+
+def test_write_step_rejects_float16_overflow(tmp_path):
+    layout = small_layout()
+    cache = TeacherCache.create(tmp_path / "cache.zarr", layout, small_fingerprint())
+    logits, frame_targets = synthetic_targets(layout, "xclip", 0)
+    logits[0, 0] = 1e5  # above float16's largest finite value, 65504
+
+    with pytest.raises(ValueError, match="as float16"):
+        cache.write_step("xclip", 0, logits, frame_targets)
+
+
+def test_write_step_rejects_unnormalised_targets(tmp_path):
+    layout = small_layout()
+    cache = TeacherCache.create(tmp_path / "cache.zarr", layout, small_fingerprint())
+    logits, frame_targets = synthetic_targets(layout, "xclip", 0)
+
+    with pytest.raises(ValueError, match="not distributions"):
+        cache.write_step("xclip", 0, logits, frame_targets * 1.5)
+
+
+def test_write_step_rejects_wrong_shape(tmp_path):
+    layout = small_layout()
+    cache = TeacherCache.create(tmp_path / "cache.zarr", layout, small_fingerprint())
+    logits, frame_targets = synthetic_targets(layout, "xclip", 0)
+
+    with pytest.raises(ValueError, match=r"expected floats of shape \(4, 4\)"):
+        cache.write_step("xclip", 0, logits[:3], frame_targets)
+
+
+def test_write_schedule_rejects_bad_index(tmp_path):
+    layout = small_layout()
+    cache = TeacherCache.create(tmp_path / "cache.zarr", layout, small_fingerprint())
+    schedule = synthetic_inputs(layout)["schedule"]
+    schedule[2, 1] = layout.num_samples
+
+    with pytest.raises(ValueError, match="entry 9 is 12, which is not a valid sample index"):
+        cache.write_schedule(schedule)
+
+
+def test_write_frames_rejects_nonzero_padding(tmp_path):
+    layout = small_layout(store_frames=True)
+    inputs = synthetic_inputs(layout)
+    cache = TeacherCache.create(tmp_path / "cache.zarr", layout, small_fingerprint())
+    cache.write_videos(inputs["video_ids"], inputs["frame_mask"])
+    frames = inputs["frames"][0].copy()
+    frames[-1] = 7
+
+    with pytest.raises(ValueError, match=r"padded positions \[3\]"):
+        cache.write_video_frames(0, frames)
+    assert cache.pending_videos().tolist() == list(range(layout.num_videos))
+
+
+def test_pending_steps_split_by_rank(tmp_path):
+    layout = small_layout()
+    cache = TeacherCache.create(tmp_path / "cache.zarr", layout, small_fingerprint())
+    write_steps(cache, layout, steps=[1, 4])
+
+    assert cache.pending_steps("xclip", rank=0, world_size=2).tolist() == [0, 2, 6, 8]
+    assert cache.pending_steps("xclip", rank=1, world_size=2).tolist() == [3, 5, 7]

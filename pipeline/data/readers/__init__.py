@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from typing import Callable
 
+from pipeline.data.readers.activitynet import read_activitynet
 from pipeline.data.readers.base import SPLITS, AnnotationError, Caption, SplitAnnotations
+from pipeline.data.readers.didemo import read_didemo
 from pipeline.data.readers.msrvtt import read_msrvtt
+from pipeline.data.readers.msvd import read_msvd
+from pipeline.data.readers.plain import read_plain
+from pipeline.data.readers.teachclip_layout import read_teachclip_layout
 
 Reader = Callable[[object, str], SplitAnnotations]
 
@@ -13,6 +18,11 @@ Reader = Callable[[object, str], SplitAnnotations]
 READERS: dict[str, Reader] = {
     "msrvtt": read_msrvtt,
     "vatex": read_msrvtt,
+    "msvd": read_msvd,
+    "activity": read_activitynet,
+    "didemo": read_didemo,
+    "teachclip": read_teachclip_layout,
+    "plain": read_plain,
 }
 
 

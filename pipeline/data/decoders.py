@@ -43,7 +43,7 @@ FALLBACK_FPS = 25.0
 # processes use the cores; 0 would let FFmpeg pick one thread per core in every reader.
 DECORD_THREADS = 1
 # Lines of ffmpeg's stderr quoted in an error message.
-STDERR_LINES_IN_ERRORS = 3
+STDERR_LINES_IN_ERRORS = 2
 
 
 class VideoDecodeError(RuntimeError):
@@ -146,15 +146,17 @@ def decode_with_decord(path: str | Path, settings: FrameSettings, start_s: int |
     """
     import decord
 
+    decord_errors = (decord.DECORDError, RuntimeError, AssertionError)  # DECORDError is not a RuntimeError
     try:
         reader = decord.VideoReader(str(path), num_threads=num_threads)
-    except (RuntimeError, AssertionError) as error:  # decord's DECORDError is a RuntimeError
-        raise VideoDecodeError(path, f"decord cannot open it ({first_line(error)})") from error
+        frame_count = len(reader)
+        frame_times = decord_frame_times(reader)  # [indexed frames, 2] start and end seconds
+        reported_fps = reader.get_avg_fps()
+    except decord_errors as error:
+        raise VideoDecodeError(path, f"decord failed to open the file ({first_line(error)})") from error
 
-    frame_count = len(reader)
-    frame_times = decord_frame_times(reader)  # [indexed frames, 2] start and end seconds
     duration_s = float(frame_times[-1, 1]) if len(frame_times) else None
-    fps = resolve_frame_rate(reader.get_avg_fps(), frame_count, duration_s, path)
+    fps = resolve_frame_rate(reported_fps, frame_count, duration_s, path)
 
     # decord indexes every packet when it opens a file. A container that reports more frames
     # than it has packets makes get_batch spin at the nominal end, so reads stop at the last packet.
@@ -166,8 +168,8 @@ def decode_with_decord(path: str | Path, settings: FrameSettings, start_s: int |
     indices = sample_kept_indices(path, frame_count, decodable_count, fps, settings, start_s, end_s)
     try:
         batch = reader.get_batch(indices.tolist()).asnumpy()  # [count, H, W, 3]
-    except RuntimeError as error:
-        raise VideoDecodeError(path, f"decord failed reading frames {indices.tolist()} ({first_line(error)})") from error
+    except decord_errors as error:
+        raise VideoDecodeError(path, f"decord failed to read frames {indices.tolist()} ({first_line(error)})") from error
 
     # decord 0.6 rotates frames by the rotation metadata, but for some 90-degree cases it
     # returns a 4-channel view of a wrongly strided buffer instead of failing.
@@ -243,7 +245,7 @@ def run_ffmpeg(path: str | Path, args: list[str], timeout_s: float | None, step:
     except subprocess.TimeoutExpired as error:
         raise VideoDecodeError(path, f"ffmpeg timed out after {timeout_s:g} s while {step}") from error
     except FileNotFoundError as error:
-        raise VideoDecodeError(path, f"cannot run ffmpeg ({error})") from error
+        raise VideoDecodeError(path, f"failed to run ffmpeg ({error})") from error
 
 
 def probe_with_ffmpeg(path: str | Path, timeout_s: float | None = None) -> FFmpegProbe:
@@ -256,11 +258,11 @@ def probe_with_ffmpeg(path: str | Path, timeout_s: float | None = None) -> FFmpe
     stream = next((match for match in _VIDEO_STREAM.finditer(stderr)
                    if "(attached pic)" not in match.group("rest")), None)
     if result.returncode != 0 or stream is None:
-        raise VideoDecodeError(path, f"ffmpeg finds no readable video stream ({stderr_tail(stderr)})")
+        raise VideoDecodeError(path, f"ffmpeg found no readable video stream ({stderr_tail(stderr)})")
 
     size = _FRAME_SIZE.search(stream.group("rest"))
     if size is None:
-        raise VideoDecodeError(path, f"ffmpeg prints no frame size for its video stream: {stream.group(0)!r}")
+        raise VideoDecodeError(path, f"ffmpeg printed no frame size for the video stream: {stream.group(0)!r}")
     width, height = int(size.group(1)), int(size.group(2))
 
     rotation_match = _ROTATION.search(stderr)
@@ -330,7 +332,7 @@ def decode_with_ffmpeg(path: str | Path, settings: FrameSettings, start_s: int |
 
     frame_count = probe.packet_count
     if frame_count == 0:
-        raise VideoDecodeError(path, "ffmpeg finds no packets in its video stream")
+        raise VideoDecodeError(path, "ffmpeg found no packets in the video stream")
     fps = resolve_frame_rate(probe.reported_fps, frame_count, probe.duration_s, path)
     indices = sample_kept_indices(path, frame_count, frame_count, fps, settings, start_s, end_s)
     frames = read_frames_with_ffmpeg(path, indices, probe.width, probe.height, timeout_s)

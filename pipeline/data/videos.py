@@ -70,6 +70,7 @@ _MESSAGE_HEADER = struct.Struct("<Q")  # byte length of the pickled message that
 _READ_CHUNK = 1 << 20
 _PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the folder that contains `pipeline/`
 _WORKER_ENTRY = "from pipeline.data.videos import serve_decode_requests; serve_decode_requests()"
+_READY = "ready"  # a worker's first message, sent once its imports are done
 
 
 class VideoNotFoundError(FileNotFoundError):
@@ -156,9 +157,9 @@ def failure_reason(backend: str, error: BaseException) -> str | None:
     if isinstance(error, SamplingError):
         return None
     if isinstance(error, VideoDecodeError):
-        return f"{backend}: {error.reason}"
+        return error.reason  # the decoders' reasons name the decoder
     if isinstance(error, ImportError):
-        return f"{backend}: not installed ({error})"
+        return f"{backend} is not installed ({error})"
     return None
 
 
@@ -253,7 +254,7 @@ class _Worker:
         self.process = subprocess.Popen([sys.executable, "-c", _WORKER_ENTRY], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, env=environment)
         self.owner_pid = os.getpid()
-        self.answered = False  # False until the first response, so the first deadline covers the start-up
+        self.ready = False  # True once the process has imported its decoders and said so
         self.state: _JobState | None = None
         self.backend: str | None = None
         self.deadline: float | None = None
@@ -262,20 +263,38 @@ class _Worker:
     def fileno(self) -> int:
         return self.process.stdout.fileno()
 
+    def wait_ready(self) -> None:
+        """Block until the process has started, so its start-up never counts against a video's limit."""
+        deadline = time.monotonic() + WORKER_STARTUP_S
+        while not self.ready:
+            readable, _, _ = select.select([self], [], [], max(deadline - time.monotonic(), 0.0))
+            try:
+                message = self.read_message() if readable else None
+            except EOFError:
+                message = None
+            if message == _READY:
+                self.ready = True
+            elif not readable or self.process.poll() is not None:
+                self.kill()
+                raise RuntimeError(
+                    f"decoding worker process did not start within {WORKER_STARTUP_S:g} s "
+                    f"(exit code {self.process.poll()}); run `{sys.executable} -c \"{_WORKER_ENTRY}\"` "
+                    "to see its error"
+                )
+
     def send(self, state: _JobState, backend: str, limit_s: float | None) -> None:
+        if not self.ready:
+            self.wait_ready()
         job = state.job
         payload = pickle.dumps((backend, str(job.path), job.settings, job.start_s, job.end_s, job.timeout_s))
         self.process.stdin.write(_MESSAGE_HEADER.pack(len(payload)) + payload)
         self.process.stdin.flush()
 
         self.state, self.backend = state, backend
-        if limit_s is None:
-            self.deadline = None
-        else:
-            self.deadline = time.monotonic() + limit_s + (0.0 if self.answered else WORKER_STARTUP_S)
+        self.deadline = None if limit_s is None else time.monotonic() + limit_s
 
-    def read_response(self) -> tuple | None:
-        """Read what the process has written; return its response once complete, else None.
+    def read_message(self) -> object | None:
+        """Read what the process has written; return its next message once complete, else None.
 
         Raises EOFError when the process has exited.
         """
@@ -290,10 +309,15 @@ class _Worker:
         if len(self._buffer) < end:
             return None
 
-        response = pickle.loads(self._buffer[_MESSAGE_HEADER.size:end])
+        message = pickle.loads(self._buffer[_MESSAGE_HEADER.size:end])
         del self._buffer[:end]
-        self.answered = True
-        self.state, self.backend, self.deadline = None, None, None
+        return message
+
+    def read_response(self) -> tuple | None:
+        """Return the response to the current request once complete, else None; see read_message."""
+        response = self.read_message()
+        if response is not None:
+            self.state, self.backend, self.deadline = None, None, None
         return response
 
     def kill(self) -> None:
@@ -424,7 +448,7 @@ class DecodePool:
         except EOFError:
             code = worker.process.wait()
             self._replace(worker)
-            self._fail(state, f"{backend}: its worker process exited with code {code}", retries, finished)
+            self._fail(state, f"{backend} worker process exited with code {code}", retries, finished)
             return
         if response is None:
             return  # partial message; the rest comes with the next read
@@ -448,7 +472,7 @@ class DecodePool:
         state, backend = worker.state, worker.backend
         limit_s = state.job.timeout_s
         self._replace(worker)
-        self._fail(state, f"{backend}: timed out after {limit_s:g} s per decoder; its worker process was killed",
+        self._fail(state, f"{backend} timed out after {limit_s:g} s; its worker process was killed",
                    retries, finished)
 
     def _fail(self, state: _JobState, reason: str, retries: deque, finished: dict) -> None:
@@ -497,6 +521,12 @@ def serve_decode_requests() -> None:
     logging.getLogger().addHandler(collector)
     logging.getLogger().setLevel(logging.INFO)
 
+    try:
+        import decord  # noqa: F401  (imported before _READY so the first video's time limit excludes it)
+    except ImportError:
+        pass
+    _send_message(responses, _READY)
+
     requests = sys.stdin.buffer
     while True:
         header = requests.read(_MESSAGE_HEADER.size)
@@ -509,12 +539,17 @@ def serve_decode_requests() -> None:
             outcome = decode_with(backend, path, settings, start_s, end_s, timeout_s)
         except Exception as error:
             outcome = error
+        records = collector.drain()
         try:
-            payload = pickle.dumps((outcome, collector.drain()))
+            _send_message(responses, (outcome, records))
         except (pickle.PicklingError, TypeError, AttributeError):
-            payload = pickle.dumps((RuntimeError(f"{type(outcome).__name__}: {outcome}"), collector.drain()))
-        responses.write(_MESSAGE_HEADER.pack(len(payload)) + payload)
-        responses.flush()
+            _send_message(responses, (RuntimeError(f"{type(outcome).__name__}: {outcome}"), records))
+
+
+def _send_message(stream, message: object) -> None:
+    payload = pickle.dumps(message)
+    stream.write(_MESSAGE_HEADER.pack(len(payload)) + payload)
+    stream.flush()
 
 
 # Many videos and the pre-flight scan --------------------------------------------------------------

@@ -47,3 +47,13 @@ def test_xclip_logits_match_reference(parity_batch, reference_outputs):
 def test_xclip_frame_targets_match_reference(parity_batch, reference_outputs):
     _, frame_targets = run_teacher("XCLIP", "xclip.bin", parity_batch)
     np.testing.assert_allclose(frame_targets, reference_outputs["xclip_frame"], rtol=0, atol=PARITY_TOLERANCE)
+
+
+def test_xpool_logits_match_reference(parity_batch, reference_outputs):
+    logits, _ = run_teacher("XPool", "xpool.bin", parity_batch)
+    np.testing.assert_allclose(logits, reference_outputs["xpool_logits"], rtol=0, atol=PARITY_TOLERANCE)
+
+
+def test_xpool_frame_targets_match_reference(parity_batch, reference_outputs):
+    _, frame_targets = run_teacher("XPool", "xpool.bin", parity_batch)
+    np.testing.assert_allclose(frame_targets, reference_outputs["xpool_frame"], rtol=0, atol=PARITY_TOLERANCE)

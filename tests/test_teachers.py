@@ -21,6 +21,7 @@ from pipeline.models.teachers import (
 )
 from pipeline.models.teachers.base import concatenate_items, select_items
 from pipeline.models.teachers.clip4clip import CLIP4ClipConfig, CLIP4ClipTeacher
+from pipeline.models.teachers.hf_clip import hf_to_openai, openai_to_hf
 from pipeline.models.teachers.tiny import build_tiny_teacher
 from pipeline.text.tokenizer import tokenize_captions
 
@@ -40,8 +41,8 @@ REGROUPING_TOLERANCE = 1e-6
 XCLIP_TEMPERATURE = 0.01
 
 
-@pytest.fixture(scope="module")
-def batch() -> dict[str, torch.Tensor]:
+@functools.lru_cache(maxsize=1)
+def real_batch() -> dict[str, torch.Tensor]:
     """Six real clips (12 frames, some padded) with one of their real captions each."""
     clips = np.load(PARITY_DIR / "frames_mini_msrvtt.npz")
     video_ids = [str(video_id) for video_id in clips["video_ids"][:BATCH]]
@@ -58,6 +59,11 @@ def batch() -> dict[str, torch.Tensor]:
     }
 
 
+@pytest.fixture
+def batch() -> dict[str, torch.Tensor]:
+    return real_batch()
+
+
 @functools.lru_cache(maxsize=None)
 def tiny_teacher(name: str):
     """One random teacher per name for the whole module; tests only read it."""
@@ -71,6 +77,19 @@ def encode(teacher, batch):
     return texts, videos
 
 
+@functools.lru_cache(maxsize=None)
+def encoded(name: str):
+    """The tiny teacher's encoded texts and videos of the real batch; tests only read them."""
+    return encode(tiny_teacher(name), real_batch())
+
+
+@functools.lru_cache(maxsize=None)
+def online_outputs(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tiny teacher's forward on the real batch: logits and frame targets."""
+    with torch.no_grad():
+        return tiny_teacher(name)(**real_batch())
+
+
 def as_float64(features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: tensor.double() for name, tensor in features.items()}
 
@@ -78,7 +97,7 @@ def as_float64(features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # Registry and loading.
 
 @pytest.mark.parametrize("spelling, expected", [
-    ("XCLIP", "xclip"), ("CLIP4Clip", "clip4clip"), ("xclip", "xclip"), ("X-CLIP", "xclip"),
+    ("XCLIP", "xclip"), ("XPool", "xpool"), ("CLIP4Clip", "clip4clip"), ("xclip", "xclip"), ("X-CLIP", "xclip"),
 ])
 def test_canonical_name_accepts_teachclip_spelling(spelling, expected):
     assert canonical_teacher_name(spelling) == expected
@@ -160,7 +179,7 @@ def test_describe_is_json(name):
 @pytest.mark.parametrize("name", TEACHER_NAMES)
 def test_forward_equals_batch_targets(name, batch):
     teacher = tiny_teacher(name)
-    texts, videos = encode(teacher, batch)
+    texts, videos = encoded(teacher.name)
     with torch.no_grad():
         logits, frame_targets = teacher(**batch)
         batch_logits, batch_frame_targets = teacher.batch_targets(texts, videos)
@@ -171,8 +190,8 @@ def test_forward_equals_batch_targets(name, batch):
 @pytest.mark.parametrize("name", TEACHER_NAMES)
 def test_separately_encoded_items_match_forward(name, batch):
     teacher = tiny_teacher(name)
+    logits, frame_targets = online_outputs(name)
     with torch.no_grad():
-        logits, frame_targets = teacher(**batch)
         texts = concatenate_items([
             teacher.encode_texts(batch["input_ids"][i:i + 1], batch["attention_mask"][i:i + 1]) for i in range(BATCH)
         ])
@@ -187,7 +206,7 @@ def test_separately_encoded_items_match_forward(name, batch):
 @pytest.mark.parametrize("name", TEACHER_NAMES)
 def test_selected_items_match_forward_on_subset(name, batch):
     teacher = tiny_teacher(name)
-    texts, videos = encode(teacher, batch)
+    texts, videos = encoded(teacher.name)
     subset = torch.tensor([4, 1, 3])
     with torch.no_grad():
         logits, frame_targets = teacher(**{key: value[subset] for key, value in batch.items()})
@@ -199,7 +218,7 @@ def test_selected_items_match_forward_on_subset(name, batch):
 @pytest.mark.parametrize("name", TEACHER_NAMES)
 def test_chunked_score_matches_full(name, batch):
     teacher = tiny_teacher(name)
-    texts, videos = encode(teacher, batch)
+    texts, videos = encoded(teacher.name)
     chunks = [torch.arange(start, min(start + 4, BATCH)) for start in range(0, BATCH, 4)]
     with torch.no_grad():
         full = teacher.score(texts, videos)
@@ -212,9 +231,8 @@ def test_chunked_score_matches_full(name, batch):
 
 
 @pytest.mark.parametrize("name", TEACHER_NAMES)
-def test_frame_targets_are_distributions(name, batch):
-    with torch.no_grad():
-        _, frame_targets = tiny_teacher(name)(**batch)
+def test_frame_targets_are_distributions(name):
+    _, frame_targets = online_outputs(name)
     assert frame_targets.shape == (BATCH, MAX_FRAMES)
     assert bool((frame_targets >= 0).all())
     torch.testing.assert_close(frame_targets.sum(dim=1), torch.ones(BATCH), rtol=0, atol=1e-6)
@@ -252,7 +270,7 @@ def xclip_pair_logit(teacher, sentence, words, video, frames) -> torch.Tensor:
 
 def test_xclip_logits_match_float64(batch):
     teacher = tiny_teacher("xclip")
-    texts, videos = encode(teacher, batch)
+    texts, videos = encoded(teacher.name)
     with torch.no_grad():
         logits, _ = teacher.batch_targets(texts, videos)
     texts, videos = as_float64(texts), as_float64(videos)
@@ -269,7 +287,7 @@ def test_xclip_logits_match_float64(batch):
 @pytest.mark.parametrize("name", ["xclip", "clip4clip"])
 def test_sentence_frame_targets_match_float64(name, batch):
     teacher = tiny_teacher(name)
-    texts, videos = encode(teacher, batch)
+    texts, videos = encoded(teacher.name)
     with torch.no_grad():
         _, frame_targets = teacher.batch_targets(texts, videos)
     texts, videos = as_float64(texts), as_float64(videos)
@@ -280,7 +298,7 @@ def test_sentence_frame_targets_match_float64(name, batch):
 
 def test_xclip_uses_padded_word_positions(batch):
     teacher = tiny_teacher("xclip")
-    texts, videos = encode(teacher, batch)
+    texts, videos = encoded(teacher.name)
     padded = ~batch["attention_mask"][0]
     assert bool(padded.any())
 
@@ -319,3 +337,103 @@ def test_clip4clip_meanp_pooling_matches_float64(batch, tmp_path):
         pooled.append(mean / mean.norm())
     expected = teacher.clip.logit_scale.detach().double().exp() * sentences @ torch.stack(pooled).t()
     torch.testing.assert_close(logits.double(), expected, rtol=0, atol=FLOAT64_TOLERANCE)
+
+
+def layer_norm64(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
+    mean = x.mean(dim=-1, keepdim=True)
+    variance = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
+    return (x - mean) / torch.sqrt(variance + norm.eps) * norm.weight.double() + norm.bias.double()
+
+
+def linear64(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+    return x @ layer.weight.detach().double().t() + layer.bias.detach().double()
+
+
+def xpool_pair(teacher, text: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """X-Pool's logit and frame attention for one text [dim] and one video [frames, dim], in float64."""
+    pooling = teacher.pool_frames
+    attention = pooling.cross_attn
+    with torch.no_grad():
+        query = linear64(layer_norm64(text, pooling.layer_norm1), attention.q_proj)
+        normed_frames = layer_norm64(frames, pooling.layer_norm1)
+        keys = linear64(normed_frames, attention.k_proj)
+        values = linear64(normed_frames, attention.v_proj)
+
+        weights = softmax64(keys @ query / query.shape[0] ** 0.5)  # [frames]
+        attended = layer_norm64(linear64(weights @ values, attention.out_proj), pooling.layer_norm2)
+        pooled = layer_norm64(attended + linear64(attended, pooling.linear_proj), pooling.layer_norm3)
+
+        cosine = (text @ pooled) / (text.norm() * pooled.norm())
+        logit = teacher.clip.logit_scale.double().exp() * cosine
+    return logit, weights
+
+
+def test_xpool_head_matches_float64(batch):
+    teacher = tiny_teacher("xpool")
+    texts, videos = encoded(teacher.name)
+    with torch.no_grad():
+        logits, frame_targets = teacher.batch_targets(texts, videos)
+    texts, videos = as_float64(texts), as_float64(videos)
+
+    expected_logits = torch.zeros(BATCH, BATCH, dtype=torch.float64)
+    expected_frames = torch.zeros(BATCH, MAX_FRAMES, dtype=torch.float64)
+    for t in range(BATCH):
+        for v in range(BATCH):
+            logit, weights = xpool_pair(teacher, texts["text"][t], videos["frames"][v])
+            expected_logits[t, v] = logit
+            if t == v:
+                expected_frames[t] = weights
+    torch.testing.assert_close(logits.double(), expected_logits, rtol=0, atol=FLOAT64_TOLERANCE)
+    torch.testing.assert_close(frame_targets.double(), expected_frames, rtol=0, atol=FLOAT64_TOLERANCE)
+
+
+def test_xpool_ignores_frame_mask(batch):
+    teacher = tiny_teacher("xpool")
+    all_frames = dict(batch, frame_mask=torch.ones_like(batch["frame_mask"]))
+    logits, frame_targets = online_outputs("xpool")
+    with torch.no_grad():
+        unmasked_logits, unmasked_frame_targets = teacher(**all_frames)
+    assert not bool(batch["frame_mask"].all())
+    assert torch.equal(logits, unmasked_logits)
+    assert torch.equal(frame_targets, unmasked_frame_targets)
+
+
+def test_xpool_checkpoint_uses_huggingface_names(tmp_path):
+    path = save_tiny_teacher("XPool", tmp_path / "xpool.pth", TINY_CLIP, MAX_WORDS, MAX_FRAMES, SEED)
+    checkpoint = torch.load(path, weights_only=True)
+    assert set(checkpoint) == {"state_dict", "epoch"}
+    state_dict = checkpoint["state_dict"]
+    assert "clip.text_model.encoder.layers.0.self_attn.q_proj.weight" in state_dict
+    assert "clip.vision_model.pre_layrnorm.weight" in state_dict
+    assert "pool_frames.cross_attn.q_proj.weight" in state_dict
+    assert not any(key.startswith("clip.visual.") for key in state_dict)
+
+
+def test_huggingface_names_round_trip():
+    checkpoint = torch.load(PARITY_DIR / "xpool.bin", weights_only=True)["state_dict"]
+    openai = hf_to_openai(checkpoint, prefix="clip.")
+    back = openai_to_hf(openai, prefix="clip.")
+    assert sorted(back) == sorted(checkpoint)
+    for key, tensor in checkpoint.items():
+        assert torch.equal(back[key], tensor), key
+
+
+def test_huggingface_projections_are_transposed():
+    checkpoint = torch.load(PARITY_DIR / "xpool.bin", weights_only=True)["state_dict"]
+    openai = hf_to_openai(checkpoint, prefix="clip.")
+    assert openai["clip.text_projection"].shape == (64, 512)
+    assert torch.equal(openai["clip.visual.proj"], checkpoint["clip.visual_projection.weight"].t())
+    packed = openai["clip.transformer.resblocks.1.attn.in_proj_bias"]
+    assert torch.equal(packed[64:128], checkpoint["clip.text_model.encoder.layers.1.self_attn.k_proj.bias"])
+
+
+def test_xpool_position_ids_buffer_skipped(tmp_path, batch):
+    path = save_tiny_teacher("xpool", tmp_path / "xpool.pth", TINY_CLIP, MAX_WORDS, MAX_FRAMES, SEED)
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["state_dict"]["clip.text_model.embeddings.position_ids"] = torch.arange(77).unsqueeze(0)
+    torch.save(checkpoint, path)
+
+    teacher = load_teacher("xpool", path)
+    with torch.no_grad():
+        logits, _ = teacher(**batch)
+    assert torch.equal(logits, online_outputs("xpool")[0])

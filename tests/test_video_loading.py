@@ -8,6 +8,7 @@ so the test can read which frame a decoder returned.
 import logging
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -259,6 +260,21 @@ def test_frame_rate_corrections():
     assert resolve_frame_rate(0.5, 10, 20.0, "a.mp4") == 1.0  # each frame its own second
 
 
+def test_missing_decord_uses_ffmpeg(clips):
+    # A fresh interpreter in which `import decord` fails, as where decord has no wheel.
+    script = (
+        "import sys, logging; sys.modules['decord'] = None; logging.basicConfig(level=logging.WARNING)\n"
+        "from pipeline.data.frames import FrameSettings\n"
+        "from pipeline.data.videos import load_video_frames\n"
+        f"video = load_video_frames({str(clips['h264_30.mp4'])!r}, FrameSettings())\n"
+        "print(video.decoder, int(video.frame_mask.sum()))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1], check=True)
+    assert result.stdout.split() == ["ffmpeg", "5"]
+    assert "decord is not installed" in result.stderr
+
+
 # Finding files -----------------------------------------------------------------------------------
 
 
@@ -363,6 +379,17 @@ def test_pool_matches_in_process_decoding(clips):
         assert np.array_equal(result.frames.frames[:len(direct.frames)], direct.frames), path.name
 
 
+def test_pool_reusable_after_early_stop(clips):
+    requests = [VideoRequest(clips[name]) for name, *_ in CLIPS]
+    with DecodePool(workers=2) as pool:
+        for result in load_many(requests, SETTINGS, pool=pool):
+            break  # leaves the other requests in flight
+        again = list(load_many(requests[:2], SETTINGS, pool=pool))
+    assert shown_numbers(result.frames) == [0, 30, 60, 90, 120]
+    assert [item.request for item in again] == requests[:2]
+    assert shown_numbers(again[1].frames) == [0, 25, 50, 75, 100, 125]
+
+
 def test_scan_finds_missing_and_undecodable(tmp_path, clips):
     folder = tmp_path / "videos"
     folder.mkdir()
@@ -370,8 +397,8 @@ def test_scan_finds_missing_and_undecodable(tmp_path, clips):
     (folder / "empty.mp4").write_bytes(b"")
     (folder / "text.mp4").write_text("not a video")
 
-    report = scan_videos(folder, ["good", "empty", "text", "gone", "good"], SETTINGS,
-                         pool=DecodePool(workers=1))
+    with DecodePool(workers=1) as pool:
+        report = scan_videos(folder, ["good", "empty", "text", "gone", "good"], SETTINGS, pool=pool)
     assert list(report.found) == ["good", "empty", "text"]
     assert list(report.missing) == ["gone"]
     assert sorted(report.undecodable) == ["empty", "text"]

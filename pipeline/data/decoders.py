@@ -160,6 +160,8 @@ def decode_with_decord(path: str | Path, settings: FrameSettings, start_s: int |
 
     # decord indexes every packet when it opens a file. A container that reports more frames
     # than it has packets makes get_batch spin at the nominal end, so reads stop at the last packet.
+    # NOTE: a container that under-reports its frames is trusted. The reference reads past the
+    # reported count there, but decord cannot, so such a video may lose its last sampled second.
     decodable_count = min(frame_count, len(frame_times)) if len(frame_times) else frame_count
     if decodable_count < frame_count:
         logger.warning("video %s: the container reports %d frames but has %d; sampling stops at frame %d",
@@ -285,9 +287,11 @@ def read_frames_with_ffmpeg(path: str | Path, indices: np.ndarray, width: int, h
                             timeout_s: float | None = None) -> np.ndarray:
     """Decode the frames at the given increasing indices as RGB [count, height, width, 3].
 
-    ffmpeg decodes from the start up to the last index and converts only the selected frames.
-    Returns fewer frames than requested when decoding stops early (a truncated file).
+    ffmpeg decodes from the start up to the last index but converts and outputs only the selected
+    frames, so memory contains at most len(indices) frames. Returns fewer frames than requested
+    when decoding stops early (a truncated file).
     """
+    # NOTE: no seeking, so time grows with the position of the last kept frame; decord seeks.
     import ffmpeg
 
     selection = "+".join(f"eq(n,{index})" for index in indices.tolist())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import fcntl
 import functools
 import importlib.util
 import logging
@@ -16,6 +17,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -49,14 +51,14 @@ __all__ = [
 ]
 
 AUTO = "auto"
-# Tried in this order after the id itself has no file; the reference tries .mp4, .avi, then none.
+# Tried in this order, then the id as it is; the reference tries .mp4, .avi, then the bare id.
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
 MISSING_VIDEO_HINT = "restore the file, or pass --set datasets.on_missing_video=skip to leave it out"
 
-# Generous per-video limit: decord indexes every packet of a file when it opens it, which takes
-# seconds for a feature-length 1080p video, and each sampled frame costs a seek.
+# Generous per-video limit: decord reads every packet of a file when it opens it (an estimated few
+# seconds for a feature-length video), and each kept frame costs a seek.
 DEFAULT_TIMEOUT_S = 120.0
-# A cold worker start imports NumPy, Pillow and decord before it answers its first request.
+# A cold worker start imports NumPy, Pillow and decord before it reports ready.
 WORKER_STARTUP_S = 60.0
 # The ffmpeg backend runs ffmpeg at most four times for one video (probe, read, count, read again),
 # each under the per-video limit.
@@ -68,6 +70,7 @@ SCAN_LOG_LIMIT = 20
 
 _MESSAGE_HEADER = struct.Struct("<Q")  # byte length of the pickled message that follows
 _READ_CHUNK = 1 << 20
+_PIPE_BYTES = 1 << 20  # Linux's default pipe-max-size; 12 frames of 224x224 RGB are 1.8 MB
 _PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the folder that contains `pipeline/`
 _WORKER_ENTRY = "from pipeline.data.videos import serve_decode_requests; serve_decode_requests()"
 _READY = "ready"  # a worker's first message, sent once its imports are done
@@ -254,7 +257,12 @@ class _Worker:
         self.process = subprocess.Popen([sys.executable, "-c", _WORKER_ENTRY], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, env=environment)
         self.owner_pid = os.getpid()
-        self.ready = False  # True once the process has imported its decoders and said so
+        try:
+            # One read per response instead of one per 64 KiB, the default pipe size on Linux.
+            fcntl.fcntl(self.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+        except (AttributeError, OSError):
+            pass  # not Linux, or a pipe-max-size below _PIPE_BYTES: smaller reads still work
+        self.ready = False  # True once the process has imported its decoders and sent _READY
         self.state: _JobState | None = None
         self.backend: str | None = None
         self.deadline: float | None = None
@@ -363,65 +371,48 @@ class DecodePool:
     def decode(self, jobs: Iterable[DecodeJob]) -> Iterator[tuple[DecodeJob, DecodedVideo | Exception]]:
         """Yield each job with its DecodedVideo, or with the VideoDecodeError or VideoNotFoundError
         that ends it, in the order of `jobs`. Any other exception is a bug and is raised.
+
+        Not thread-safe: one thread at a time may iterate a pool.
         """
         if not self._workers:
             self._workers = [_Worker() for _ in range(self.size)]
-
-        numbered = enumerate(jobs)
-        retries: deque[_JobState] = deque()
-        finished: dict[int, tuple[DecodeJob, DecodedVideo | Exception]] = {}
-        next_position = 0
-        exhausted = False
-
-        while True:
-            for index, worker in enumerate(self._workers):
-                while worker.state is None:
-                    state = retries.popleft() if retries else None
-                    if state is None and not exhausted:
-                        state, exhausted = self._next_state(numbered, finished)
-                    if state is None:
-                        break
-                    self._workers[index] = worker = self._dispatch(index, worker, state)
-
-            busy = [worker for worker in self._workers if worker.state is not None]
-            if not busy:
-                if exhausted and not retries:
+        run = _PoolRun(jobs)
+        try:
+            while True:
+                self._fill_idle_workers(run)
+                busy = [worker for worker in self._workers if worker.state is not None]
+                if not busy and run.exhausted and not run.retries:
                     break
+                if busy:
+                    self._wait_for_workers(busy, run)
+                yield from run.pop_finished_in_order()
+            yield from run.pop_finished_in_order()
+        finally:
+            # Stopped early (an error, or the caller stopped iterating): drop unfinished requests.
+            for worker in [worker for worker in self._workers if worker.state is not None]:
+                self._replace(worker)
+
+    def _fill_idle_workers(self, run: _PoolRun) -> None:
+        for index, worker in enumerate(self._workers):
+            if worker.state is not None:
                 continue
+            state = run.next_state()
+            if state is None:
+                return
+            self._workers[index] = self._dispatch(worker, state)
 
-            deadlines = [worker.deadline for worker in busy if worker.deadline is not None]
-            wait_s = max(min(deadlines) - time.monotonic(), 0.0) if deadlines else None
-            readable, _, _ = select.select(busy, [], [], wait_s)
-            for worker in busy:
-                if worker in readable:
-                    self._collect(worker, retries, finished)
-                elif worker.deadline is not None and time.monotonic() >= worker.deadline:
-                    self._expire(worker, retries, finished)
+    def _wait_for_workers(self, busy: list[_Worker], run: _PoolRun) -> None:
+        """Wait until a busy worker responds or reaches its deadline, then handle what happened."""
+        deadlines = [worker.deadline for worker in busy if worker.deadline is not None]
+        wait_s = max(min(deadlines) - time.monotonic(), 0.0) if deadlines else None
+        readable, _, _ = select.select(busy, [], [], wait_s)
+        for worker in busy:
+            if worker in readable:
+                self._collect(worker, run)
+            elif worker.deadline is not None and time.monotonic() >= worker.deadline:
+                self._expire(worker, run)
 
-            while next_position in finished:
-                yield finished.pop(next_position)
-                next_position += 1
-
-        while next_position in finished:
-            yield finished.pop(next_position)
-            next_position += 1
-
-    def _next_state(self, numbered, finished) -> tuple[_JobState | None, bool]:
-        """Return the next job that needs a worker, and whether the jobs are exhausted.
-
-        Jobs whose file is missing or empty finish here without a worker.
-        """
-        for position, job in numbered:
-            try:
-                check_video_file(job.path)
-                backends = deque(backend_chain(job.decoder))
-            except (VideoNotFoundError, VideoDecodeError) as error:
-                finished[position] = (job, error)
-                continue
-            return _JobState(position=position, job=job, backends=backends), False
-        return None, True
-
-    def _dispatch(self, index: int, worker: _Worker, state: _JobState) -> _Worker:
+    def _dispatch(self, worker: _Worker, state: _JobState) -> _Worker:
         """Send a job's next backend to a worker, replacing a worker whose process has exited."""
         backend = state.backends.popleft()
         limit_s = state.job.timeout_s
@@ -429,7 +420,7 @@ class DecodePool:
             limit_s = FFMPEG_RUNS_PER_VIDEO * limit_s + WORKER_SLACK_S
         try:
             worker.send(state, backend, limit_s)
-        except (BrokenPipeError, OSError):
+        except OSError:  # BrokenPipeError: the process exited while idle
             logger.warning("decoding worker %d exited while idle (exit code %s); starting a new one",
                            worker.process.pid, worker.process.poll())
             worker.kill()
@@ -441,14 +432,14 @@ class DecodePool:
         worker.kill()
         self._workers[self._workers.index(worker)] = _Worker()
 
-    def _collect(self, worker: _Worker, retries: deque, finished: dict) -> None:
+    def _collect(self, worker: _Worker, run: _PoolRun) -> None:
         state, backend = worker.state, worker.backend
         try:
             response = worker.read_response()
         except EOFError:
             code = worker.process.wait()
             self._replace(worker)
-            self._fail(state, f"{backend} worker process exited with code {code}", retries, finished)
+            run.fail(state, f"{backend} worker process exited with code {code}")
             return
         if response is None:
             return  # partial message; the rest comes with the next read
@@ -456,42 +447,77 @@ class DecodePool:
         outcome, records = response
         for level, name, message in records:
             logging.getLogger(name).log(level, "%s", message)
-        if isinstance(outcome, DecodedVideo):
-            finished[state.position] = (state.job, outcome)
-            return
 
+        if isinstance(outcome, (DecodedVideo, SamplingError)):
+            run.finished[state.position] = (state.job, outcome)
+            return
         reason = failure_reason(backend, outcome)
         if reason is None:
-            if isinstance(outcome, SamplingError):
-                finished[state.position] = (state.job, outcome)
-                return
             raise outcome
-        self._fail(state, reason, retries, finished)
+        run.fail(state, reason)
 
-    def _expire(self, worker: _Worker, retries: deque, finished: dict) -> None:
+    def _expire(self, worker: _Worker, run: _PoolRun) -> None:
         state, backend = worker.state, worker.backend
-        limit_s = state.job.timeout_s
         self._replace(worker)
-        self._fail(state, f"{backend} timed out after {limit_s:g} s; its worker process was killed",
-                   retries, finished)
+        run.fail(state, f"{backend} timed out after {state.job.timeout_s:g} s; its worker process was killed")
 
-    def _fail(self, state: _JobState, reason: str, retries: deque, finished: dict) -> None:
+
+class _PoolRun:
+    """The bookkeeping of one DecodePool.decode call: jobs not yet sent, retries and finished results."""
+
+    def __init__(self, jobs: Iterable[DecodeJob]) -> None:
+        self.numbered = enumerate(jobs)
+        self.exhausted = False
+        self.retries: deque[_JobState] = deque()
+        self.finished: dict[int, tuple[DecodeJob, DecodedVideo | Exception]] = {}
+        self.next_position = 0
+
+    def next_state(self) -> _JobState | None:
+        """Return the next job that needs a worker: a retry first, then a new job; None when none is left.
+
+        New jobs whose file is missing or empty finish here without a worker.
+        """
+        if self.retries:
+            return self.retries.popleft()
+        for position, job in self.numbered:
+            try:
+                check_video_file(job.path)
+                backends = deque(backend_chain(job.decoder))
+            except (VideoNotFoundError, VideoDecodeError) as error:
+                self.finished[position] = (job, error)
+                continue
+            return _JobState(position=position, job=job, backends=backends)
+        self.exhausted = True
+        return None
+
+    def fail(self, state: _JobState, reason: str) -> None:
+        """Record a backend's failure, then queue the job's next backend or finish it with every reason."""
         state.failures.append(reason)
         log_failure(state.job.path, reason, state.backends)
         if state.backends:
-            retries.append(state)
+            self.retries.append(state)
         else:
-            finished[state.position] = (state.job, VideoDecodeError(state.job.path, "; ".join(state.failures)))
+            self.finished[state.position] = (state.job, VideoDecodeError(state.job.path, "; ".join(state.failures)))
+
+    def pop_finished_in_order(self) -> Iterator[tuple[DecodeJob, DecodedVideo | Exception]]:
+        while self.next_position in self.finished:
+            yield self.finished.pop(self.next_position)
+            self.next_position += 1
 
 
-_shared_pools: dict[int, DecodePool] = {}
+_shared_pools: dict[tuple[int, int], DecodePool] = {}
 
 
 def shared_pool() -> DecodePool:
-    """Return this process's one-worker pool for `load_video_frames` calls with a time limit."""
-    pool = _shared_pools.get(os.getpid())
+    """Return this thread's one-worker pool for `decode_video` calls with a time limit.
+
+    Keyed by process and thread, so a process forked from this one (a DataLoader worker) and
+    each thread start their own worker process instead of sharing one.
+    """
+    key = (os.getpid(), threading.get_ident())
+    pool = _shared_pools.get(key)
     if pool is None:
-        pool = _shared_pools[os.getpid()] = DecodePool(workers=1)
+        pool = _shared_pools[key] = DecodePool(workers=1)
         atexit.register(pool.close)
     return pool
 
@@ -512,7 +538,7 @@ class _LogCollector(logging.Handler):
 
 
 def serve_decode_requests() -> None:
-    """Answer decode requests from stdin until it closes; the body of a DecodePool worker process."""
+    """Serve decode requests from stdin until it closes; the main loop of a DecodePool worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which closes the pool
     responses = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # native code printing to stdout cannot corrupt responses
@@ -601,7 +627,7 @@ SCAN_EXISTS, SCAN_FIRST_FRAME, SCAN_SAMPLED_FRAMES = "exists", "first_frame", "s
 
 @dataclass
 class ScanReport:
-    """What a pre-flight scan found for each video id."""
+    """Result of a pre-flight scan: the file, or the problem, of each video id."""
 
     found: dict[str, Path] = field(default_factory=dict)  # id -> file, readable or not
     missing: dict[str, str] = field(default_factory=dict)  # id -> error message

@@ -190,7 +190,6 @@ def run_distill(config: Config, resume: bool = False, online: bool = False) -> D
             "batch, and micro-batches would change them. Use more processes to fit a large batch"
         )
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.train.mixed_precision)
-    set_seed(config.train.seed)
     device = accelerator.device
     output_dir = Path(config.train.output_dir)
     data = online_training_data(config) if online else cached_training_data(config)
@@ -200,14 +199,19 @@ def run_distill(config: Config, resume: bool = False, online: bool = False) -> D
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "config.yaml")
 
+    # Seeded right before the student is built, so its fresh layers start the same in every mode.
+    set_seed(config.train.seed)
     model = build_student(config)
     freeze_clip_layers(model, config.model.freeze_layer_num)
     total_steps = len(data.tables.schedule)
-    groups = optim.build_param_groups(model, lr=config.train.lr, coef_lr=config.train.coef_lr)
-    optimizer = optim.build_optimizer(config.train.optimizer, groups, lr=config.train.lr,
-                                      warmup=config.train.warmup_proportion, total_steps=total_steps,
-                                      max_grad_norm=config.train.max_grad_norm)
+    optimizer, scheduler, _ = optim.build_optimizer(
+        model, config.train.optimizer, lr=config.train.lr, coef_lr=config.train.coef_lr,
+        warmup=config.train.warmup_proportion, t_total=total_steps, max_grad_norm=config.train.max_grad_norm,
+    )
     model, optimizer = accelerator.prepare(model, optimizer)
+    if scheduler is not None:
+        # Stepped by hand once per global batch: Accelerate's scheduler wrapper would step once per process.
+        accelerator.register_for_checkpointing(scheduler)
     loss_fn = TeachCLIPLoss(config.distillation.distill_method, config.distillation.fine_method, config.distillation.beta)
 
     rows = local_rows(config.train.batch_size, accelerator.process_index, accelerator.num_processes)
@@ -241,15 +245,22 @@ def run_distill(config: Config, resume: bool = False, online: bool = False) -> D
         terms = loss_fn(logits, frame_weights, teacher_logits, teacher_frames)
         assert_finite_terms(terms, step, batch["sample_ids"].tolist())
         accelerator.backward(terms.total)
+        if scheduler is not None:
+            # BertAdam clips each parameter's gradient inside its step; AdamW gets torch's global clipping.
+            accelerator.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad()
+        if scheduler is not None:
+            scheduler.step()
         model_module(model).clamp_logit_scale(MAX_LOGIT_SCALE)
 
         seconds = time.perf_counter() - step_started
         step_started = time.perf_counter()
         record = {"step": step, "epoch": step // per_epoch, "loss": terms.total.item(),
                   "ground_truth": terms.ground_truth.item(), "coarse": terms.coarse.item(),
-                  "fine": terms.fine.item(), "lr": optim.current_lr(optimizer), "seconds": seconds}
+                  "fine": terms.fine.item(),
+                  "lr": config.train.lr * optim.warmup_cosine(step / total_steps, config.train.warmup_proportion),
+                  "seconds": seconds}
         if accelerator.is_main_process:
             write_step_log(output_dir / STEP_LOG, record)
         accelerator.log(record, step=step)

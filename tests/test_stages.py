@@ -1,0 +1,112 @@
+"""Precompute, distill and evaluate run end to end on the bundled clips with tiny random models."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cache import TeacherCache
+from cache.fingerprint import FingerprintMismatchError
+from pipeline.config import build_config
+from pipeline.data.frames import FrameSettings, find_video, load_video_frames
+from pipeline.models.preprocess import normalize_frames
+from pipeline.models.teachers import load_teacher
+from stages.distill import run_distill
+from stages.evaluate import run_evaluate
+from stages.precompute import run_precompute
+from tiny_run import TINY_MAX_FRAMES, tiny_config
+
+
+@pytest.fixture(scope="module")
+def precomputed(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("stages")
+    config = tiny_config(directory, overrides=("train.batch_size=8",))
+    result = run_precompute(config)
+    return config, result
+
+
+def test_precompute_writes_every_step(precomputed):
+    config, result = precomputed
+    with TeacherCache.open(result.cache_path) as cache:
+        assert cache.is_complete()
+        assert cache.schedule.shape == (6, 8)  # 48 captions, batch 8, one epoch
+        logits, frame_targets = cache.read_step(5)["xclip"]
+    assert logits.shape == (8, 8)
+    assert frame_targets.shape == (8, TINY_MAX_FRAMES)
+    assert np.allclose(frame_targets.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_cached_targets_equal_online_teacher(precomputed):
+    config, result = precomputed
+    teacher = load_teacher("xclip", config.distillation.teachers[0].checkpoint).eval()
+    settings = FrameSettings(max_frames=TINY_MAX_FRAMES)
+
+    with TeacherCache.open(result.cache_path) as cache:
+        step = 3
+        samples = np.asarray(cache.schedule)[step]
+        text_rows = np.asarray(cache.text_index)[samples]
+        video_rows = np.asarray(cache.video_index)[samples]
+        input_ids = torch.from_numpy(np.asarray(cache.tokens)[text_rows]).long()
+        attention_mask = torch.from_numpy(np.asarray(cache.mask)[text_rows]).long()
+        video_ids = [str(cache.video_ids[row]) for row in video_rows]
+        cached_logits, cached_frames = cache.read_step(step)["xclip"]
+
+    decoded = [load_video_frames(find_video(config.datasets.video_path, video_id), settings) for video_id in video_ids]
+    frames = normalize_frames(torch.from_numpy(np.stack([video.frames for video in decoded])))
+    frame_mask = torch.from_numpy(np.stack([video.frame_mask for video in decoded])).long()
+    with torch.no_grad():
+        logits, frame_targets = teacher(input_ids, attention_mask, frames, frame_mask)
+
+    assert np.abs(cached_logits - logits.numpy()).max() < 1e-5
+    assert np.abs(cached_frames - frame_targets.numpy()).max() < 1e-6
+
+
+def test_rerun_writes_nothing(precomputed):
+    config, _ = precomputed
+    again = run_precompute(config)
+    assert again.steps_written == 0
+
+
+def test_cached_and_online_losses_match(precomputed, tmp_path):
+    config, _ = precomputed
+    cached_config = build_config(config.to_dict(), overrides=(f"train.output_dir={tmp_path / 'cached'}",))
+    online_config = build_config(config.to_dict(), overrides=(f"train.output_dir={tmp_path / 'online'}",))
+
+    run_distill(cached_config)
+    run_distill(online_config, online=True)
+
+    cached = [json.loads(line) for line in (tmp_path / "cached" / "train_log.jsonl").read_text().splitlines()]
+    online = [json.loads(line) for line in (tmp_path / "online" / "train_log.jsonl").read_text().splitlines()]
+    assert len(cached) == len(online) == 6
+    for cached_step, online_step in zip(cached, online):
+        for term in ("loss", "ground_truth", "coarse", "fine"):
+            assert cached_step[term] == pytest.approx(online_step[term], abs=1e-5), (cached_step["step"], term)
+
+
+def test_distill_leaves_checkpoints_and_metrics(precomputed, tmp_path):
+    config, _ = precomputed
+    run_config = build_config(config.to_dict(), overrides=(f"train.output_dir={tmp_path / 'run'}",))
+    result = run_distill(run_config)
+
+    assert result.best_checkpoint.is_file()
+    assert (tmp_path / "run" / "epoch_0" / "pytorch_model.bin").is_file()
+    assert (tmp_path / "run" / "epoch_0" / "model.safetensors").is_file()
+    assert (tmp_path / "run" / "val_log.jsonl").is_file()
+
+    metrics = run_evaluate(run_config, result.best_checkpoint, output_dir=tmp_path / "eval")
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert written["text_to_video"]["count"] == 8
+    assert written["video_to_text"]["count"] == 8
+    assert written["tie_rule"] == "ties_count_against_positive"
+    assert metrics["text_to_video"]["R1"] == written["text_to_video"]["R1"]
+    assert (tmp_path / "eval" / "ranks.csv").read_text().startswith("query_id,video_id,rank")
+
+
+def test_fingerprint_mismatch_names_field(precomputed, tmp_path):
+    config, _ = precomputed
+    other_seed = build_config(config.to_dict(), overrides=("train.seed=1234", f"train.output_dir={tmp_path}"))
+    with pytest.raises(FingerprintMismatchError) as error:
+        run_distill(other_seed)
+    assert "seed" in str(error.value)
+    assert "1234" in str(error.value)

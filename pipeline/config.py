@@ -94,6 +94,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"  # Accelerate's "no", "fp16" or "bf16"
     save_every_steps: int = 0  # Accelerate state every N steps for resume (0: each epoch only)
+    log_with: str = ""  # Accelerate tracker for step metrics, e.g. "tensorboard"; empty keeps only the JSONL log
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from pipeline.losses import NonFiniteLossError, TeachCLIPLoss, assert_finite_ter
 from pipeline.models.factory import build_student, freeze_clip_layers
 from pipeline.models.preprocess import normalize_frames
 from pipeline.models.student import TeachCLIPStudent
-from pipeline.models.teachers import load_teacher
+from pipeline.models.teachers import canonical_teacher_name, load_teacher
 from stages.common import SplitData, cache_fingerprint, default_cache_path, frame_settings, load_split
 from stages.evaluate import evaluate_model
 from stages.precompute import describe_teachers
@@ -119,6 +119,7 @@ class TrainingData:
     cache_path: Path | None  # None when the teachers run online
     use_cached_frames: bool
     clip_times: dict
+    teacher_names: tuple[str, ...]  # in the order targets arrive in each batch
 
 
 def cached_training_data(config: Config) -> TrainingData:
@@ -128,8 +129,9 @@ def cached_training_data(config: Config) -> TrainingData:
         verify_cache(config, cache, cache_path)
         tables = TrainingTables.from_cache(cache)
         use_cached_frames = bool(cache.manifest.get("store_frames", False))
+        teacher_names = tuple(sorted(cache.teacher_names))
     clip_times = load_split(config, "train", scan=False).annotations.clip_times
-    return TrainingData(tables, cache_path, use_cached_frames, clip_times)
+    return TrainingData(tables, cache_path, use_cached_frames, clip_times, teacher_names)
 
 
 def online_training_data(config: Config) -> TrainingData:
@@ -140,7 +142,8 @@ def online_training_data(config: Config) -> TrainingData:
                               expand_sentences=config.datasets.expand_msrvtt_sentences)
     tables = TrainingTables(schedule, split.samples.text_index, split.samples.video_index,
                             tokens.input_ids, tokens.attention_mask, split.samples.video_ids)
-    return TrainingData(tables, None, False, split.samples.clip_times)
+    names = tuple(sorted(canonical_teacher_name(spec.name) for spec in config.distillation.teachers))
+    return TrainingData(tables, None, False, split.samples.clip_times, names)
 
 
 def gather_features(features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -189,7 +192,11 @@ def run_distill(config: Config, resume: bool = False, online: bool = False) -> D
             "train.gradient_accumulation_steps must be 1: TeachCLIP's losses are computed over the whole scheduled "
             "batch, and micro-batches would change them. Use more processes to fit a large batch"
         )
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.train.mixed_precision)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.train.mixed_precision,
+                              log_with=config.train.log_with or None, project_dir=config.train.output_dir)
+    if config.train.log_with:
+        accelerator.init_trackers("teachclip-distill", config={"lr": config.train.lr, "epochs": config.train.epochs,
+                                                               "batch_size": config.train.batch_size})
     device = accelerator.device
     output_dir = Path(config.train.output_dir)
     data = online_training_data(config) if online else cached_training_data(config)
@@ -239,7 +246,7 @@ def run_distill(config: Config, resume: bool = False, online: bool = False) -> D
         else:
             teacher_logits = list(batch["teacher_logits"].to(device))
             teacher_frames = list(batch["teacher_frames"].to(device))
-        check_targets(teacher_logits, teacher_frames, step, batch["sample_ids"].tolist())
+        check_targets(data.teacher_names, teacher_logits, teacher_frames, step, batch["sample_ids"].tolist())
 
         logits, frame_weights = student_logits(model, batch, device)
         terms = loss_fn(logits, frame_weights, teacher_logits, teacher_frames)
@@ -279,20 +286,50 @@ def run_distill(config: Config, resume: bool = False, online: bool = False) -> D
     final_path = output_dir / "final" / CHECKPOINT_NAME
     if accelerator.is_main_process:
         final_path = save_student(model_module(model), final_path.parent)
+        plot_training_curves(output_dir)
     accelerator.end_training()
     return DistillResult(output_dir, output_dir / BEST_DIR / CHECKPOINT_NAME, best_r1, final_path, total_steps)
 
 
-def check_targets(teacher_logits: list[torch.Tensor], teacher_frames: list[torch.Tensor], step: int,
-                  sample_ids: list[int]) -> None:
-    """Stop on a NaN or Inf teacher target, naming the step and the samples, before it reaches the student."""
-    for kind, tensors in (("teacher logits", teacher_logits), ("teacher frame targets", teacher_frames)):
-        for index, tensor in enumerate(tensors):
+def check_targets(names: tuple[str, ...], teacher_logits: list[torch.Tensor], teacher_frames: list[torch.Tensor],
+                  step: int, sample_ids: list[int]) -> None:
+    """Stop on a NaN or Inf teacher target, naming the step, the teacher and the samples, before training on it."""
+    for kind, tensors in (("logits", teacher_logits), ("frame targets", teacher_frames)):
+        for name, tensor in zip(names, tensors):
             if not torch.isfinite(tensor).all():
                 raise NonFiniteLossError(
-                    f"step {step}: {kind} of teacher {index} contain NaN or Inf (samples {sample_ids[:20]}); "
+                    f"step {step}: teacher '{name}' {kind} contain NaN or Inf (sample ids {sample_ids[:20]}); "
                     "run `teachclip-pipeline cache verify` on the cache and rerun precompute for the damaged steps"
                 )
+
+
+def plot_training_curves(output_dir: Path) -> Path | None:
+    """Draw the per-step losses and the validation R@1 per epoch to training_curves.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [json.loads(line) for line in (output_dir / STEP_LOG).read_text().splitlines() if line.strip()]
+    val_path = output_dir / "val_log.jsonl"
+    epochs = [json.loads(line) for line in val_path.read_text().splitlines() if line.strip()] if val_path.is_file() else []
+    if not steps:
+        return None
+
+    figure, (loss_axis, recall_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for term in ("loss", "ground_truth", "coarse", "fine"):
+        loss_axis.plot([record["step"] for record in steps], [record[term] for record in steps], label=term)
+    loss_axis.set_xlabel("step")
+    loss_axis.set_ylabel("loss")
+    loss_axis.legend()
+    recall_axis.plot([record["epoch"] for record in epochs], [record["R1"] for record in epochs], marker="o")
+    recall_axis.set_xlabel("epoch")
+    recall_axis.set_ylabel("validation text-to-video R@1 (%)")
+    figure.tight_layout()
+    path = output_dir / "training_curves.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
 
 
 def model_module(model: torch.nn.Module) -> TeachCLIPStudent:

@@ -110,3 +110,35 @@ def test_fingerprint_mismatch_names_field(precomputed, tmp_path):
         run_distill(other_seed)
     assert "seed" in str(error.value)
     assert "1234" in str(error.value)
+
+
+def test_planted_nan_stops_training(precomputed, tmp_path):
+    import shutil
+
+    import zarr
+
+    from pipeline.losses import NonFiniteLossError
+
+    config, result = precomputed
+    copy = tmp_path / "cache.zarr"
+    shutil.copytree(result.cache_path, copy)
+    logits = zarr.open_group(str(copy), mode="r+")["teachers/xclip/logits"]
+    logits[2, 1, 1] = float("nan")
+    with TeacherCache.open(copy) as cache:
+        planted_samples = np.asarray(cache.schedule)[2].tolist()
+
+    run_config = build_config(config.to_dict(), overrides=(f"cache.path={copy}", f"train.output_dir={tmp_path / 'run'}"))
+    with pytest.raises(NonFiniteLossError) as error:
+        run_distill(run_config)
+    message = str(error.value)
+    assert "step 2" in message
+    assert "xclip" in message
+    assert str(planted_samples[:3])[1:-1] in message
+
+
+def test_training_curves_png_written(precomputed, tmp_path):
+    config, _ = precomputed
+    run_config = build_config(config.to_dict(), overrides=(f"train.output_dir={tmp_path / 'run'}",))
+    run_distill(run_config)
+    png = tmp_path / "run" / "training_curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -45,6 +45,10 @@ MAX_LOGIT_SCALE = math.log(100)
 STEP_LOG = "train_log.jsonl"
 CHECKPOINT_NAME = "pytorch_model.bin"
 BEST_DIR = "best"
+# Resume state: one folder per save under STATE_DIR, and LATEST_FILE naming the last complete one.
+STATE_DIR = "state"
+PROGRESS_FILE = "progress.json"
+LATEST_FILE = "latest.json"
 
 
 @dataclass
@@ -354,31 +358,38 @@ def end_epoch(accelerator: Accelerator, model, config: Config, val_split, epoch:
     return best_r1
 
 
-STATE_DIR = "state"
-PROGRESS_FILE = "progress.json"
-
-
 def save_progress(accelerator: Accelerator, output_dir: Path, steps_done: int, best_r1: float) -> None:
-    """Save Accelerate state (model, optimiser, RNG) with the step count and best R@1, for --resume."""
-    state_dir = output_dir / STATE_DIR
-    accelerator.save_state(str(state_dir))
+    """Save Accelerate state (model, optimiser, RNG) with the step count and best R@1, for --resume.
+
+    Each save goes to its own folder and `latest.json` is replaced atomically afterwards, so a run
+    killed during a save resumes from the previous complete one.
+    """
+    state_root = output_dir / STATE_DIR
+    target = state_root / f"step_{steps_done:08d}"
+    accelerator.save_state(str(target))
     if accelerator.is_main_process:
-        progress_file = state_dir / PROGRESS_FILE
-        temporary = progress_file.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"steps_done": steps_done, "best_r1": best_r1}))
-        temporary.replace(progress_file)
+        (target / PROGRESS_FILE).write_text(json.dumps({"steps_done": steps_done, "best_r1": best_r1}))
+        pointer = state_root / LATEST_FILE
+        temporary = pointer.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"folder": target.name}))
+        temporary.replace(pointer)
+        for old in state_root.glob("step_*"):
+            if old.is_dir() and old.name != target.name:
+                shutil.rmtree(old, ignore_errors=True)
+        logger.info("saved training state after step %d to %s", steps_done, target)
     accelerator.wait_for_everyone()
 
 
 def restore(accelerator: Accelerator, output_dir: Path) -> dict:
-    """Load the last saved state; returns {"steps_done", "best_r1"}."""
-    state_dir = output_dir / STATE_DIR
-    progress_file = state_dir / PROGRESS_FILE
-    if not progress_file.is_file():
+    """Load the last complete saved state; returns {"steps_done", "best_r1"}."""
+    state_root = output_dir / STATE_DIR
+    pointer = state_root / LATEST_FILE
+    if not pointer.is_file():
         raise FileNotFoundError(
-            f"--resume found no saved state under {state_dir}; run distill without --resume to start from step 0"
+            f"--resume found no saved state under {state_root}; run distill without --resume to start from step 0"
         )
-    accelerator.load_state(str(state_dir))
-    progress = json.loads(progress_file.read_text())
-    logger.info("resuming from step %d (state in %s)", progress["steps_done"], state_dir)
+    target = state_root / json.loads(pointer.read_text())["folder"]
+    accelerator.load_state(str(target))
+    progress = json.loads((target / PROGRESS_FILE).read_text())
+    logger.info("resuming after step %d from %s", progress["steps_done"], target)
     return progress

@@ -23,6 +23,8 @@ from pipeline.models.teachers.base import concatenate_items, select_items
 from pipeline.models.teachers.clip4clip import CLIP4ClipConfig, CLIP4ClipTeacher
 from pipeline.models.teachers.hf_clip import hf_to_openai, openai_to_hf
 from pipeline.models.teachers.tiny import build_tiny_teacher
+from pipeline.models.teachers.token_selection import perturbed_top_k
+from pipeline.models.teachers.ts2net import TS2NetConfig, TS2NetTeacher, shift_patches
 from pipeline.text.tokenizer import tokenize_captions
 
 PARITY_DIR = Path(__file__).parent / "fixtures" / "parity"
@@ -97,7 +99,8 @@ def as_float64(features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # Registry and loading.
 
 @pytest.mark.parametrize("spelling, expected", [
-    ("XCLIP", "xclip"), ("XPool", "xpool"), ("CLIP4Clip", "clip4clip"), ("xclip", "xclip"), ("X-CLIP", "xclip"),
+    ("XCLIP", "xclip"), ("TS2Net", "ts2net"), ("XPool", "xpool"), ("CLIP4Clip", "clip4clip"),
+    ("xclip", "xclip"), ("X-CLIP", "xclip"),
 ])
 def test_canonical_name_accepts_teachclip_spelling(spelling, expected):
     assert canonical_teacher_name(spelling) == expected
@@ -112,12 +115,11 @@ def test_unknown_teacher_lists_known_names():
 
 @pytest.mark.parametrize("name", TEACHER_NAMES)
 def test_tiny_checkpoint_round_trip(name, batch, tmp_path):
-    built = tiny_teacher(name)
+    built_logits, built_frames = online_outputs(name)
     path = save_tiny_teacher(name, tmp_path / f"{name}.bin", TINY_CLIP, MAX_WORDS, MAX_FRAMES, SEED)
     loaded = load_teacher(name, path)
 
     with torch.no_grad():
-        built_logits, built_frames = built(**batch)
         loaded_logits, loaded_frames = loaded(**batch)
     assert torch.equal(built_logits, loaded_logits)
     assert torch.equal(built_frames, loaded_frames)
@@ -177,11 +179,11 @@ def test_describe_is_json(name):
 # The encode / score split that the precompute stage relies on.
 
 @pytest.mark.parametrize("name", TEACHER_NAMES)
-def test_forward_equals_batch_targets(name, batch):
+def test_forward_equals_batch_targets(name):
     teacher = tiny_teacher(name)
-    texts, videos = encoded(teacher.name)
+    texts, videos = encoded(name)
+    logits, frame_targets = online_outputs(name)
     with torch.no_grad():
-        logits, frame_targets = teacher(**batch)
         batch_logits, batch_frame_targets = teacher.batch_targets(texts, videos)
     assert torch.equal(logits, batch_logits)
     assert torch.equal(frame_targets, batch_frame_targets)
@@ -284,7 +286,7 @@ def test_xclip_logits_match_float64(batch):
     torch.testing.assert_close(logits.double(), expected, rtol=0, atol=FLOAT64_TOLERANCE)
 
 
-@pytest.mark.parametrize("name", ["xclip", "clip4clip"])
+@pytest.mark.parametrize("name", ["xclip", "ts2net", "clip4clip"])
 def test_sentence_frame_targets_match_float64(name, batch):
     teacher = tiny_teacher(name)
     texts, videos = encoded(teacher.name)
@@ -437,3 +439,120 @@ def test_xpool_position_ids_buffer_skipped(tmp_path, batch):
     with torch.no_grad():
         logits, _ = teacher(**batch)
     assert torch.equal(logits, online_outputs("xpool")[0])
+
+
+def test_ts2net_logits_match_float64(batch):
+    teacher = tiny_teacher("ts2net")
+    texts, videos = encoded("ts2net")
+    with torch.no_grad():
+        logits, _ = teacher.batch_targets(texts, videos)
+    sentences, frames = texts["sentence"].double(), videos["frames"].double()
+    logit_scale = teacher.clip.logit_scale.detach().double().exp()
+
+    expected = torch.zeros(BATCH, BATCH, dtype=torch.float64)
+    for t in range(BATCH):
+        for v in range(BATCH):
+            mask = videos["frame_mask"][v]
+            cosine = frames[v] @ sentences[t]  # [frames]
+            masked = torch.where(mask, cosine, torch.zeros_like(cosine))
+            logits_over_frames = torch.where(mask, 4 * masked / masked.norm(), torch.full_like(cosine, -1e18))
+            expected[t, v] = logit_scale * (softmax64(logits_over_frames) * cosine).sum()
+    torch.testing.assert_close(logits.double(), expected, rtol=0, atol=FLOAT64_TOLERANCE)
+
+
+def test_ts2net_similarity_mask_is_tiled(batch):
+    """TS2-Net tiles the frame mask over its 1 + 3 tokens per frame, so frame f is masked like frame 4f mod 12."""
+    _, videos = encoded("ts2net")
+    frame_mask = batch["frame_mask"]
+    for v in range(BATCH):
+        expected = [bool(frame_mask[v, (4 * f) % MAX_FRAMES]) for f in range(MAX_FRAMES)]
+        assert videos["frame_mask"][v].tolist() == expected
+
+
+def test_ts2net_mask_for_five_frames():
+    teacher = tiny_teacher("ts2net")
+    kept = torch.randn(1, MAX_FRAMES, 4, TINY_CLIP.embed_dim)
+    frame_mask = torch.tensor([[True] * 5 + [False] * 7])
+    with torch.no_grad():
+        _, similarity_mask = teacher.frame_states(kept, frame_mask)
+    assert similarity_mask.tolist() == [[True, True, False] * 4]
+
+
+def test_patch_shift_moves_hand_picked_tokens():
+    frames, length, width = 3, 14, 2  # fold = 14 // 7 = 2
+    values = torch.arange(frames * length, dtype=torch.float32).reshape(frames, length, 1).expand(-1, -1, width)
+    tokens = values.permute(1, 0, 2)  # [tokens, frames, width], one video
+    shifted = shift_patches(tokens, frames).permute(1, 0, 2)  # [frames, tokens, width]
+
+    from_previous = {1, 3, 5, 7, 9, 11, 13}
+    from_next = {4, 6, 8, 10, 12}
+    for f in range(frames):
+        for p in range(length):
+            source = f
+            if p in from_next and f < frames - 1:
+                source = f + 1
+            elif p in from_previous and f > 0:
+                source = f - 1
+            assert shifted[f, p, 0].item() == source * length + p, (f, p)
+
+
+def test_ts2net_shifted_checkpoint_round_trip(batch, tmp_path):
+    config = TS2NetConfig(clip=TINY_CLIP, temporal_layers=2, shift_layers=(1,))
+    torch.manual_seed(SEED)
+    teacher = TS2NetTeacher(config).eval()
+    path = tmp_path / "ts2net_shift.bin"
+    torch.save(teacher.release_state_dict(), path)
+    state_dict = torch.load(path, weights_only=True)
+    assert "clip.visual.transformer.resblocks.1.attn.net.in_proj_weight" in state_dict
+    assert "clip.visual.transformer.resblocks.0.attn.in_proj_weight" in state_dict
+
+    loaded = load_teacher("TS2Net", path)
+    assert loaded.config.shift_layers == (1,)
+    with torch.no_grad():
+        expected = teacher(**batch)
+        logits, frame_targets = loaded(**batch)
+    assert torch.equal(logits, expected[0])
+    assert torch.equal(frame_targets, expected[1])
+
+
+def test_ts2net_shift_changes_outputs(batch):
+    plain = tiny_teacher("ts2net")
+    config = TS2NetConfig(**{**plain.config.to_dict(), "clip": TINY_CLIP, "shift_layers": (1,)})
+    shifted = TS2NetTeacher(config).eval()
+    shifted.load_release_state_dict(plain.state_dict(), "the tiny TS2-Net")
+    with torch.no_grad():
+        shifted_logits, _ = shifted(**batch)
+    assert not torch.allclose(shifted_logits, online_outputs("ts2net")[0], atol=1e-4)
+
+
+def test_ts2net_fp16_keeps_shifted_norms_float32():
+    config = TS2NetConfig(clip=TINY_CLIP, temporal_layers=2, shift_layers=(1,), precision="reference_fp16")
+    block = TS2NetTeacher(config).clip.visual.transformer.resblocks[1]
+    assert block.attn.in_proj_weight.dtype == torch.float16
+    assert block.ln_1.weight.dtype == torch.float32
+
+
+def test_perturbed_top_k_counts_noisy_choices():
+    generator = torch.Generator().manual_seed(SEED)
+    scores = torch.tensor([[0.30, 0.28, -0.5, 0.29, 0.0], [0.9, -0.9, 0.1, 0.2, 0.15]])
+    noise = torch.randn(2, 50, 5, generator=generator)
+    sigma = 0.05
+
+    indicators = perturbed_top_k(scores, 2, noise, sigma)
+
+    expected = torch.zeros(2, 2, 5)
+    for row in range(2):
+        for sample in range(50):
+            noisy = (scores[row] + sigma * noise[row, sample]).tolist()
+            best = sorted(sorted(range(5), key=lambda item: -noisy[item])[:2])
+            for slot, item in enumerate(best):
+                expected[row, slot, item] += 1 / 50
+    torch.testing.assert_close(indicators, expected, rtol=0, atol=1e-6)
+
+
+def test_ts2net_selection_seed_changes_frames(batch):
+    teacher = tiny_teacher("ts2net")
+    texts, videos = encoded("ts2net")
+    with torch.no_grad():
+        reseeded = teacher.encode_videos(batch["frames"], batch["frame_mask"], selection_seed=SEED + 1)
+    assert not torch.equal(reseeded["frames"], videos["frames"])

@@ -13,13 +13,14 @@ from pipeline.models.clip import CLIPConfig
 from pipeline.models.teachers.base import PRECISIONS, Teacher, check_precision
 from pipeline.models.teachers.clip4clip import CLIP4ClipTeacher
 from pipeline.models.teachers.tiny import save_tiny_teacher as _save_tiny_teacher
+from pipeline.models.teachers.ts2net import TS2NetTeacher
 from pipeline.models.teachers.xclip import XCLIPTeacher
 from pipeline.models.teachers.xpool import XPoolTeacher
 
 logger = logging.getLogger(__name__)
 
 TEACHER_CLASSES: dict[str, type[Teacher]] = {
-    cls.name: cls for cls in (XCLIPTeacher, XPoolTeacher, CLIP4ClipTeacher)
+    cls.name: cls for cls in (XCLIPTeacher, TS2NetTeacher, XPoolTeacher, CLIP4ClipTeacher)
 }
 
 # Spellings accepted besides the canonical lower-case names (compared after lower-casing).

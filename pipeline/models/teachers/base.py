@@ -45,7 +45,7 @@ class Teacher(nn.Module, ABC):
 
     @abstractmethod
     def positive_frame_targets(self, texts: Features, videos: Features) -> torch.Tensor:
-        """Return the distribution [pairs, frames] over the frames of video i for each positive pair (text i, video i)."""
+        """Return, for each positive pair (text i, video i), a distribution [pairs, frames] over video i's frames."""
 
     @abstractmethod
     def release_state_dict(self) -> dict[str, torch.Tensor]:
@@ -94,7 +94,10 @@ class Teacher(nn.Module, ABC):
         return {"name": self.name, "config": self.config.to_dict()}
 
     def load_release_state_dict(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
-        """Copy a public-layout state dict into this teacher, raising CheckpointMismatchError on missing or misshapen parameters."""
+        """Copy a public-layout state dict into this teacher.
+
+        Raises CheckpointMismatchError on missing or misshapen parameters.
+        """
         load_parameters(self, state_dict, source)
 
 

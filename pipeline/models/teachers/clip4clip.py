@@ -65,7 +65,9 @@ def read_sim_header(state_dict: dict[str, torch.Tensor], source: str) -> str:
 
 
 def count_temporal_layers(state_dict: dict[str, torch.Tensor]) -> int:
-    return len({key[len(TEMPORAL_BLOCK_PREFIX):].split(".")[0] for key in state_dict if key.startswith(TEMPORAL_BLOCK_PREFIX)})
+    blocks = {key[len(TEMPORAL_BLOCK_PREFIX):].split(".")[0] for key in state_dict
+              if key.startswith(TEMPORAL_BLOCK_PREFIX)}
+    return len(blocks)
 
 
 def masked_mean(states: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
@@ -146,12 +148,16 @@ class CLIP4ClipTeacher(Teacher):
         return encode_frame_sequence(frame_features, frame_mask, self.frame_position_embeddings, self.transformerClip)
 
     def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Features:
-        """Unit sentence features {"sentence": [texts, dim]}; CLIP's causal text tower needs no padding mask."""
+        """Encode texts into unit sentence features {"sentence": [texts, dim]}.
+
+        CLIP's text tower is causal, so padding after the end-of-text token needs no mask.
+        """
         check_text_inputs(input_ids, attention_mask)
         return {"sentence": unit(self.clip.encode_text(input_ids).float())}
 
     def encode_videos(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> Features:
-        """Unit video vectors {"video": [videos, dim]} and unit CLIP frame features {"frames": [videos, frames, dim]}."""
+        """Encode frames into unit video vectors {"video": [videos, dim]} and unit CLIP frame features
+        {"frames": [videos, frames, dim]}."""
         check_video_inputs(frames, frame_mask)
         frame_features = self.encode_frames(frames)
         states = self.temporal_states(frame_features, frame_mask)

@@ -153,7 +153,9 @@ def openai_to_hf(state_dict: dict[str, torch.Tensor], prefix: str = "") -> dict[
             for qkv, chunk in zip(HF_QKV, tensor.chunk(len(HF_QKV), dim=0)):
                 converted[f"{block}self_attn.{qkv}.{kind}"] = chunk.contiguous()
             continue
-        renamed = next((part.replace(openai, hf, 1) for openai, hf in block_parts.items() if part.startswith(openai)), None)
+        renamed = next(
+            (part.replace(openai, hf, 1) for openai, hf in block_parts.items() if part.startswith(openai)), None
+        )
         if renamed is None:
             raise ConversionError(
                 f"cannot rename '{key}' to HuggingFace's layout: it is not a ViT CLIP parameter of OpenAI's"

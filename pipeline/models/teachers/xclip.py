@@ -117,7 +117,10 @@ class XCLIPTeacher(CLIP4ClipTeacher):
         return logit_scale * (video_sentence + video_word + sentence_frame + frame_word) / TERM_COUNT
 
     def frame_word_similarity(self, words: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        """X-CLIP's fine-grained term [texts, videos] from unit words [texts, words, dim] and frames [videos, frames, dim]."""
+        """Compute X-CLIP's fine-grained term [texts, videos].
+
+        `words` are unit token features [texts, words, dim], `frames` unit frame features [videos, frames, dim].
+        """
         scores = torch.einsum("twd,vfd->tvwf", words @ self.local_mat_weight, frames)  # [texts, videos, words, frames]
 
         per_frame = attention_sum(scores, self.word_mat_weight, dim=2)  # [texts, videos, frames]

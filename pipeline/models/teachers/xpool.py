@@ -14,7 +14,14 @@ import torch
 from torch import nn
 
 from pipeline.models.clip import CLIP, CLIPConfig
-from pipeline.models.teachers.base import Features, Teacher, check_precision, check_text_inputs, check_video_inputs, unit
+from pipeline.models.teachers.base import (
+    Features,
+    Teacher,
+    check_precision,
+    check_text_inputs,
+    check_video_inputs,
+    unit,
+)
 from pipeline.models.teachers.hf_clip import hf_to_openai, openai_to_hf
 
 logger = logging.getLogger(__name__)
@@ -126,7 +133,8 @@ class XPoolTeacher(Teacher):
     def from_state_dict(cls, state_dict: dict[str, torch.Tensor], source: str,
                         precision: str = "fp32") -> "XPoolTeacher":
         openai_state_dict = hf_to_openai(state_dict, prefix=CLIP_PREFIX)
-        config = XPoolConfig(clip=CLIPConfig.from_state_dict(openai_state_dict, prefix=CLIP_PREFIX), precision=precision)
+        clip_config = CLIPConfig.from_state_dict(openai_state_dict, prefix=CLIP_PREFIX)
+        config = XPoolConfig(clip=clip_config, precision=precision)
         teacher = cls(config)
         teacher.load_release_state_dict(openai_state_dict, source)
         logger.info("built xpool teacher from %s: %s", source, config)

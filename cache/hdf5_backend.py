@@ -133,14 +133,14 @@ class Hdf5Arrays:
     def update_array_attributes(self, name: str, values: Mapping[str, Any]) -> None:
         raise ReadOnlyCacheError(f"{self.location} is a finished HDF5 cache and cannot be changed")
 
-    def stored_chunk_rows(self, name: str) -> tuple[set[int], list[str]]:
-        """List the first-axis chunk indices that have a stored chunk; HDF5 leaves no temporary files."""
+    def stored_chunk_indices(self, name: str) -> tuple[set[int], list[str]]:
+        """List the first-axis indices of the stored chunks; HDF5 leaves no temporary files."""
         dataset = self._dataset(name)
         chunk_rows = (dataset.chunks or dataset.shape)[0]
-        rows = set()
-        for index in range(dataset.id.get_num_chunks()):
-            rows.add(dataset.id.get_chunk_info(index).chunk_offset[0] // chunk_rows)
-        return rows, []
+        indices = set()
+        for position in range(dataset.id.get_num_chunks()):
+            indices.add(dataset.id.get_chunk_info(position).chunk_offset[0] // chunk_rows)
+        return indices, []
 
     def chunk_byte_range(self, name: str, row: int) -> tuple[int, int]:
         """Return the file offset and stored size of the chunk that starts at this first-axis row."""

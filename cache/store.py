@@ -39,7 +39,7 @@ from cache.schema import (
     teacher_array_name,
     validate_manifest,
 )
-from cache.zarr_backend import ZarrArrays, is_remote_url, local_path
+from cache.zarr_backend import TEMPORARY_FILE_SUFFIX, ZarrArrays, is_remote_url, local_path
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,8 @@ def _locate(path: str) -> tuple[str, str, bool]:
     if local.is_file():
         if Path(staging).exists():
             logger.warning(
-                "%s is left over from an interrupted final copy into %s, which finished; delete it to free space",
+                "%s is left over from an interrupted finalize of %s, which finished; delete it to free space "
+                "(TeacherCache.open_or_create deletes it)",
                 staging, local,
             )
         return "hdf5", str(local), True
@@ -90,6 +91,17 @@ def _locate(path: str) -> tuple[str, str, bool]:
 
     also = f" or {staging}" if has_hdf5_suffix(path) else ""
     raise CacheNotFoundError(f"no teacher cache found at {path}{also}")
+
+
+def _contains_only_temporary_files(location: str) -> bool:
+    """Return whether a local directory exists and contains nothing but zarr's temporary files.
+
+    A create killed while writing its first file leaves such a directory.
+    """
+    if is_remote_url(location) or not local_path(location).is_dir():
+        return False
+    files = [entry for entry in local_path(location).rglob("*") if entry.is_file()]
+    return bool(files) and all(entry.name.endswith(TEMPORARY_FILE_SUFFIX) for entry in files)
 
 
 def _read_manifest(arrays: ZarrArrays | Hdf5Arrays) -> dict[str, Any]:
@@ -163,6 +175,9 @@ class TeacherCache:
         # The root manifest has state "creating" until every array exists, so a store
         # whose creation was killed is recognised as such.
         creating = {MANIFEST_ATTRIBUTE: {"schema_version": SCHEMA_VERSION, "state": STATE_CREATING}}
+        if not overwrite and _contains_only_temporary_files(location):
+            logger.warning("%s contains only temporary files of a killed create; creating the store again", location)
+            overwrite = True
         try:
             arrays = ZarrArrays.create(location, specs, creating, overwrite=overwrite)
         except FileExistsError as error:
@@ -237,6 +252,12 @@ class TeacherCache:
             raise FingerprintMismatchError(path, differences)
 
         if cache.is_complete():
+            staging = Path(staging_location(local_path(str(path))))
+            if cache.backend == "hdf5" and staging.is_dir():
+                # The .h5 file replaced the staging store before its deletion was interrupted,
+                # so nothing in it is needed any more.
+                shutil.rmtree(staging)
+                logger.info("deleted %s, left over from an interrupted finalize", staging)
             logger.info("teacher cache %s is complete; opened it for reading", path)
             return cache
 
@@ -247,6 +268,11 @@ class TeacherCache:
         return cache
 
     # ----- checks shared by the write methods -----
+
+    @property
+    def storage(self) -> ZarrArrays | Hdf5Arrays:
+        """The backend object that reads and writes the named arrays; `verify` and `inspect` use it."""
+        return self._arrays
 
     @property
     def writable(self) -> bool:
@@ -622,9 +648,12 @@ class TeacherCache:
     def finalize(self) -> None:
         """Mark the store complete; an HDF5 store is copied from staging into its `.h5` file.
 
-        Raises IncompleteCacheError naming what is missing. With several writing
-        processes, call it on one process after all of them have finished.
+        Raises IncompleteCacheError naming what is missing, and does nothing on a
+        complete store. With several writing processes, call it on one process after
+        all of them have finished.
         """
+        if self._manifest["state"] == STATE_COMPLETE:
+            return
         self._require_writable()
         missing = self.missing_parts()
         if missing:
@@ -635,6 +664,9 @@ class TeacherCache:
         manifest["completed_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
         if self.backend == "zarr":
+            removed = self._arrays.remove_temporary_files()
+            if removed:
+                logger.info("removed %d temporary chunk files left by killed writers from %s", removed, self.path)
             self._arrays.update_root_attributes({MANIFEST_ATTRIBUTE: manifest})
             self._arrays.close()
             self._arrays = ZarrArrays.open(self.path, writable=False)

@@ -174,8 +174,8 @@ class ZarrArrays:
         self._require_writable()
         self._array(name).attrs.update(dict(values))
 
-    def stored_chunk_rows(self, name: str) -> tuple[set[int], list[str]]:
-        """List the first-axis chunk indices that have a stored chunk, and leftover temporary files.
+    def stored_chunk_indices(self, name: str) -> tuple[set[int], list[str]]:
+        """List the first-axis indices of the stored chunks, and leftover temporary files.
 
         A temporary file is left when a writer was killed between writing a chunk and
         renaming it into place; the chunk itself is then absent or still the old one.
@@ -186,14 +186,32 @@ class ZarrArrays:
         async def list_keys() -> list[str]:
             return [key async for key in array.store.list_prefix(prefix)]
 
-        rows = set()
+        indices = set()
         leftovers = []
         for key in sync(list_keys()):
             if key.endswith(TEMPORARY_FILE_SUFFIX):
                 leftovers.append(key)
                 continue
-            rows.add(int(key[len(prefix):].split("/")[0]))
-        return rows, leftovers
+            indices.add(int(key[len(prefix):].split("/")[0]))
+        return indices, leftovers
+
+    def remove_temporary_files(self) -> int:
+        """Delete the temporary files that killed writers left, and return how many there were.
+
+        Call it only while no process writes, because a running writer's temporary
+        file looks the same until it is renamed.
+        """
+        self._require_writable()
+        leftovers = []
+        for name in self.array_names():
+            leftovers += self.stored_chunk_indices(name)[1]
+
+        async def delete_all() -> None:
+            for key in leftovers:
+                await self._group.store.delete(key)
+
+        sync(delete_all())
+        return len(leftovers)
 
     def disk_bytes(self) -> int | None:
         """Return the bytes that a local store takes on disk, or None for a remote one."""

@@ -32,8 +32,10 @@ from cache import (
 TEACHERS = ("xclip", "xpool")
 BACKEND_SUFFIXES = {"zarr": ".zarr", "hdf5": ".h5"}
 
-# Steps that the writer child has written when the kill test sends SIGKILL.
+# The kill test's writer writes 2 x 60 steps, and is killed after the first 10.
+KILL_TEST_STEPS = 60
 STEPS_BEFORE_KILL = 10
+MULTI_PROCESS_STEPS = 20
 CHILD_TIMEOUT_S = 120
 
 
@@ -495,3 +497,112 @@ def test_pending_steps_split_by_rank(tmp_path):
 
     assert cache.pending_steps("xclip", rank=0, world_size=2).tolist() == [0, 2, 6, 8]
     assert cache.pending_steps("xclip", rank=1, world_size=2).tolist() == [3, 5, 7]
+
+
+# ----- killed writers and several writers -----
+
+
+def start_writer(path: Path, backend: str, num_steps: int, rank: int = 0, world_size: int = 1,
+                 finalize: bool = True) -> subprocess.Popen:
+    """Start this file as a writer process that prints one line per written step."""
+    command = [sys.executable, __file__, str(path), backend, str(num_steps), str(rank), str(world_size),
+               "1" if finalize else "0"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+
+
+def run_writer_to_end(path: Path, backend: str, num_steps: int) -> None:
+    child = start_writer(path, backend, num_steps)
+    child.communicate(timeout=CHILD_TIMEOUT_S)
+    assert child.returncode == 0
+
+
+def staging_or_store(path: Path, backend: str) -> str:
+    return f"{path}.staging.zarr" if backend == "hdf5" else str(path)
+
+
+def chunk_file_bytes(path: Path) -> dict[str, bytes]:
+    return {str(file.relative_to(path)): file.read_bytes() for file in sorted((path / "teachers").rglob("*"))
+            if file.is_file()}
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_resume_after_sigkill_matches_uninterrupted(tmp_path, backend):
+    layout = small_layout(num_steps=KILL_TEST_STEPS)
+    killed = store_path(tmp_path, backend, "killed")
+
+    child = start_writer(killed, backend, layout.num_steps)
+    for _ in range(STEPS_BEFORE_KILL):
+        assert child.stdout.readline().startswith("wrote"), "the writer stopped before the kill"
+    os.kill(child.pid, signal.SIGKILL)
+    child.communicate(timeout=CHILD_TIMEOUT_S)
+    assert child.returncode == -signal.SIGKILL
+
+    with TeacherCache.open(killed) as cache:
+        assert not cache.is_complete()
+        pending = {teacher: set(cache.pending_steps(teacher).tolist()) for teacher in TEACHERS}
+    assert len(pending["xclip"]) <= layout.num_steps - STEPS_BEFORE_KILL
+    assert pending["xpool"], "the writer finished before the kill"
+
+    group = zarr.open_group(staging_or_store(killed, backend), mode="r")
+    for teacher in TEACHERS:
+        for step in sorted(set(range(layout.num_steps)) - pending[teacher]):
+            logits, frame_targets = synthetic_targets(layout, teacher, step)
+            np.testing.assert_array_equal(group[f"teachers/{teacher}/logits"][step], logits.astype(np.float16))
+            np.testing.assert_array_equal(group[f"teachers/{teacher}/frame_targets"][step],
+                                          frame_targets.astype(np.float16))
+
+    run_writer_to_end(killed, backend, layout.num_steps)
+    uninterrupted = store_path(tmp_path, backend, "uninterrupted")
+    run_writer_to_end(uninterrupted, backend, layout.num_steps)
+
+    with TeacherCache.open(killed) as cache:
+        assert cache.is_complete()
+    assert_same_arrays(killed, uninterrupted)
+    if backend == "zarr":
+        assert chunk_file_bytes(killed) == chunk_file_bytes(uninterrupted)
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_two_processes_match_single_process(tmp_path, backend):
+    layout = small_layout(num_steps=MULTI_PROCESS_STEPS)
+    shared = store_path(tmp_path, backend, "shared")
+    cache = TeacherCache.create(shared, layout, small_fingerprint(), backend=backend)
+    write_inputs(cache, layout)
+    cache.close()
+
+    children = [start_writer(shared, backend, layout.num_steps, rank, 2, finalize=False) for rank in (0, 1)]
+    outputs = [child.communicate(timeout=CHILD_TIMEOUT_S)[0] for child in children]
+    assert [child.returncode for child in children] == [0, 0]
+
+    for rank, output in enumerate(outputs):
+        steps = [int(line.split()[2]) for line in output.splitlines()]
+        assert len(steps) == len(TEACHERS) * len(range(rank, layout.num_steps, 2))
+        assert all(step % 2 == rank for step in steps)
+
+    with TeacherCache.open(shared, mode="r+") as cache:
+        cache.finalize()
+    single = store_path(tmp_path, backend, "single")
+    cache = TeacherCache.create(single, layout, small_fingerprint(), backend=backend)
+    write_inputs(cache, layout)
+    write_steps(cache, layout)
+    cache.finalize()
+    cache.close()
+
+    assert_same_arrays(shared, single)
+
+
+def run_writer(arguments: list[str]) -> None:
+    """Write the synthetic store: path, backend, steps, rank, world size, finalize ("1" or "0")."""
+    path, backend, num_steps, rank, world_size, finalize = arguments
+    layout = small_layout(num_steps=int(num_steps))
+    cache = TeacherCache.open_or_create(path, layout, small_fingerprint(), backend=backend)
+    if int(world_size) == 1:
+        write_inputs(cache, layout)
+    write_steps(cache, layout, rank=int(rank), world_size=int(world_size), announce=True)
+    if finalize == "1":
+        cache.finalize()
+    cache.close()
+
+
+if __name__ == "__main__":
+    run_writer(sys.argv[1:])

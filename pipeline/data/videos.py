@@ -363,6 +363,11 @@ class DecodePool:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the started workers (none before the first decode call)."""
+        return [worker.process.pid for worker in self._workers]
+
     def close(self) -> None:
         for worker in self._workers:
             worker.close()

@@ -1,4 +1,4 @@
-"""Teachers loaded from the parity state dicts reproduce the reference implementations' outputs."""
+"""Teachers loaded from the parity state dicts reproduce the outputs of TeachCLIP's teacher code."""
 
 from __future__ import annotations
 

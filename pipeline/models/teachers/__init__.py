@@ -10,7 +10,14 @@ from pathlib import Path
 
 from pipeline.models.checkpoints import read_state_dict, require_model
 from pipeline.models.clip import CLIPConfig
-from pipeline.models.teachers.base import PRECISIONS, Teacher, check_precision
+from pipeline.models.teachers.base import (
+    PRECISIONS,
+    Features,
+    Teacher,
+    check_precision,
+    concatenate_items,
+    select_items,
+)
 from pipeline.models.teachers.clip4clip import CLIP4ClipTeacher
 from pipeline.models.teachers.tiny import save_tiny_teacher as _save_tiny_teacher
 from pipeline.models.teachers.ts2net import TS2NetTeacher
@@ -53,6 +60,7 @@ def load_teacher(name: str, checkpoint: str | Path, precision: str = "fp32") -> 
     state_dict = read_state_dict(checkpoint, kind=key)
     require_model(state_dict, key, checkpoint)
     teacher = TEACHER_CLASSES[key].from_state_dict(state_dict, source=str(checkpoint), precision=precision)
+    teacher.requires_grad_(False)  # teachers only produce targets and are never trained here
     logger.info("loaded %s teacher from %s (%s)", key, checkpoint, precision)
     return teacher
 
@@ -67,8 +75,11 @@ def save_tiny_teacher(name: str, path: str | Path, clip_config: CLIPConfig, max_
 __all__ = [
     "PRECISIONS",
     "TEACHER_CLASSES",
+    "Features",
     "Teacher",
     "canonical_teacher_name",
+    "concatenate_items",
     "load_teacher",
     "save_tiny_teacher",
+    "select_items",
 ]

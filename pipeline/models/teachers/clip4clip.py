@@ -71,7 +71,7 @@ def count_temporal_layers(state_dict: dict[str, torch.Tensor]) -> int:
 
 
 def masked_mean(states: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-    """Mean of states [videos, frames, dim] over the frames that frame_mask marks; a video with none gets 0."""
+    """Average states [videos, frames, dim] over the frames that frame_mask marks; a video with none gets 0."""
     weights = frame_mask.to(states.dtype).unsqueeze(-1)  # [videos, frames, 1]
     counts = weights.sum(dim=1)  # [videos, 1]
     counts = torch.where(counts == 0, torch.ones_like(counts), counts)
@@ -135,14 +135,14 @@ class CLIP4ClipTeacher(Teacher):
         return dict(self.state_dict())
 
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """CLIP image features [videos, frames, dim] in float32 of normalised frames [videos, frames, 3, H, W]."""
+        """Encode normalised frames [videos, frames, 3, H, W] into float32 CLIP features [videos, frames, dim]."""
         videos, frame_count = frames.shape[:2]
         images = frames.reshape(videos * frame_count, *frames.shape[2:])  # [videos * frames, 3, H, W]
         features = self.clip.encode_image(images).float()
         return features.reshape(videos, frame_count, -1)  # [videos, frames, dim]
 
     def temporal_states(self, frame_features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        """The temporal head's per-frame states [videos, frames, dim]: seqTransf's output, or the input for meanP."""
+        """Return per-frame states [videos, frames, dim]: seqTransf's output, or the input itself for meanP."""
         if self.config.sim_header == "meanP":
             return frame_features
         return encode_frame_sequence(frame_features, frame_mask, self.frame_position_embeddings, self.transformerClip)

@@ -31,7 +31,7 @@ def perturb_identity_weights(teacher: nn.Module, generator: torch.Generator) -> 
 
 def build_tiny_teacher(teacher_class: type[Teacher], clip_config: CLIPConfig, max_words: int, max_frames: int,
                        seed: int) -> Teacher:
-    """A randomly initialised teacher in evaluation mode; the same seed gives the same weights."""
+    """Build a randomly initialised teacher in evaluation mode; the same seed gives the same weights."""
     config = teacher_class.tiny_config(clip_config, max_words, max_frames)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -87,7 +87,7 @@ class XCLIPTeacher(CLIP4ClipTeacher):
                            max_words=max_words, max_frames=max_frames)
 
     def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Features:
-        """Unit sentence features {"sentence": [texts, dim]} and unit token features {"words": [texts, words, dim]}."""
+        """Encode texts into unit sentence features {"sentence": [texts, dim]} and unit token features {"words"}."""
         check_text_inputs(input_ids, attention_mask, self.config.max_words)
         tokens = self.clip.encode_text_tokens(input_ids).float()  # [texts, words, dim]
         end_positions = input_ids.argmax(dim=-1)
@@ -99,7 +99,10 @@ class XCLIPTeacher(CLIP4ClipTeacher):
         return super().encode_videos(frames, frame_mask)
 
     def score(self, texts: Features, videos: Features) -> torch.Tensor:
-        """Logits [texts, videos]; memory grows as texts x words x videos x frames, so chunk large sets."""
+        """Score texts against videos [texts, videos].
+
+        Memory grows as texts x words x videos x frames, so score large sets in chunks.
+        """
         sentence, words = texts["sentence"], texts["words"]
         video, frames = videos["video"], videos["frames"]
         logit_scale = self.logit_scale()

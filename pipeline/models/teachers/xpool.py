@@ -166,6 +166,7 @@ class XPoolTeacher(Teacher):
         return {"frames": features.reshape(videos, frame_count, -1)}  # [videos, frames, dim]
 
     def score(self, texts: Features, videos: Features) -> torch.Tensor:
+        """Score texts against videos [texts, videos]; memory grows as videos x texts x dim, so chunk large sets."""
         pooled, _ = self.pool_frames(texts["text"], videos["frames"])  # [videos, texts, dim]
         cosine = torch.einsum("td,vtd->tv", unit(texts["text"]), unit(pooled))  # [texts, videos]
         return self.clip.logit_scale.exp().float() * cosine

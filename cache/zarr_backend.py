@@ -153,7 +153,7 @@ class ZarrArrays:
             "shape": tuple(array.shape),
             "dtype": dtype,
             "chunks": tuple(array.chunks),
-            "codecs": [type(codec).__name__ for codec in array.compressors],
+            "codecs": [codec.to_dict()["name"] for codec in array.compressors],
             "attributes": dict(array.attrs),
         }
 

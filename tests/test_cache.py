@@ -28,6 +28,8 @@ from cache import (
     ReadOnlyCacheError,
     TeacherCache,
 )
+from cache.inspect import describe_store, format_description
+from cache.verify import verify_store
 
 TEACHERS = ("xclip", "xpool")
 BACKEND_SUFFIXES = {"zarr": ".zarr", "hdf5": ".h5"}
@@ -499,6 +501,220 @@ def test_pending_steps_split_by_rank(tmp_path):
     assert cache.pending_steps("xclip", rank=1, world_size=2).tolist() == [3, 5, 7]
 
 
+# ----- verify and inspect -----
+
+
+def faults_of(report) -> list[tuple[str, str, int | None]]:
+    return [(fault.array, fault.kind, fault.position) for fault in report.faults]
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_verify_complete_store_ok(tmp_path, backend):
+    path = store_path(tmp_path, backend)
+    build_store(path, small_layout(store_frames=True), backend).close()
+
+    report = verify_store(path, expected_fingerprint=small_fingerprint())
+
+    assert report.ok, report.format()
+    assert report.checked["steps of xclip"] == 9
+    assert report.checked["videos with frames"] == 6
+    assert report.format().splitlines()[0].endswith(": OK")
+
+
+def test_verify_finds_truncated_chunk_file(tmp_path):
+    path = tmp_path / "cache.zarr"
+    build_store(path, small_layout()).close()
+    chunk_file = path / "teachers/xclip/logits/c/4/0/0"
+    chunk_file.write_bytes(chunk_file.read_bytes()[: chunk_file.stat().st_size // 2])
+
+    report = verify_store(path)
+
+    assert faults_of(report) == [("teachers/xclip/logits", "unreadable chunk", 4)]
+    assert "teachers/xclip/logits [4]: unreadable chunk" in report.format()
+
+
+def test_verify_finds_overwritten_chunk_bytes(tmp_path):
+    path = tmp_path / "cache.zarr"
+    build_store(path, small_layout()).close()
+    chunk_file = path / "teachers/xpool/frame_targets/c/2/0/0"
+    data = bytearray(chunk_file.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4] = bytes(255 - value for value in data[middle:middle + 4])
+    chunk_file.write_bytes(bytes(data))
+
+    report = verify_store(path)
+
+    assert faults_of(report) == [("teachers/xpool/frame_targets", "unreadable chunk", 2)]
+
+
+def test_verify_finds_overwritten_hdf5_chunk(tmp_path):
+    path = tmp_path / "cache.h5"
+    build_store(path, small_layout(), "hdf5").close()
+    with h5py.File(path, "r") as file:
+        chunk = file["teachers/xclip/logits"].id.get_chunk_info_by_coord((6, 0, 0))
+    with open(path, "r+b") as file:
+        file.seek(chunk.byte_offset + chunk.size // 2)
+        file.write(b"\xff\x00\xff\x00")
+
+    report = verify_store(path)
+
+    assert faults_of(report) == [("teachers/xclip/logits", "unreadable chunk", 6)]
+
+
+def test_verify_reports_truncated_hdf5_file(tmp_path):
+    path = tmp_path / "cache.h5"
+    build_store(path, small_layout(), "hdf5").close()
+    with open(path, "r+b") as file:
+        file.truncate(path.stat().st_size // 2)
+
+    report = verify_store(path)
+
+    assert not report.ok
+    assert faults_of(report) == [("store", "unreadable", None)]
+    assert "truncated or damaged" in report.faults[0].message
+
+
+def test_verify_finds_missing_chunk_file(tmp_path):
+    path = tmp_path / "cache.zarr"
+    build_store(path, small_layout()).close()
+    (path / "teachers/xpool/logits/c/8/0/0").unlink()
+
+    report = verify_store(path)
+
+    assert faults_of(report) == [("teachers/xpool/logits", "missing chunk", 8)]
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_verify_finds_planted_nan(tmp_path, backend):
+    path = store_path(tmp_path, backend)
+    build_store(path, small_layout(), backend).close()
+    if backend == "hdf5":
+        with h5py.File(path, "r+") as file:
+            file["teachers/xpool/logits"][3, 1, 2] = np.nan
+            file["teachers/xpool/logits"][5, 0, 0] = np.inf
+    else:
+        logits = zarr.open_group(str(path), mode="r+")["teachers/xpool/logits"]
+        logits[3, 1, 2] = np.nan
+        logits[5, 0, 0] = np.inf
+
+    report = verify_store(path)
+
+    assert faults_of(report) == [("teachers/xpool/logits", "NaN", 3), ("teachers/xpool/logits", "Inf", 5)]
+
+
+def test_verify_finds_unnormalised_frame_targets(tmp_path):
+    layout = small_layout()
+    path = tmp_path / "cache.zarr"
+    build_store(path, layout).close()
+    frame_targets = zarr.open_group(str(path), mode="r+")["teachers/xclip/frame_targets"]
+    bad = synthetic_targets(layout, "xclip", 7)[1]
+    bad[2] *= 0.9  # row 2 sums to 0.9, beyond the float16 tolerance of 4 x 2**-10
+    frame_targets[7] = bad.astype(np.float16)
+
+    report = verify_store(path)
+
+    row_sum = bad.astype(np.float16).astype(np.float64)[2].sum()
+    assert faults_of(report) == [("teachers/xclip/frame_targets", "frame sum", 7)]
+    assert f"row 2 sums to {row_sum:.4f}" in report.faults[0].message
+
+
+def test_verify_finds_nonzero_frame_padding(tmp_path):
+    path = tmp_path / "cache.zarr"
+    build_store(path, small_layout(store_frames=True)).close()
+    zarr.open_group(str(path), mode="r+")["videos/frames"][0, 3, 0, 0, 0] = 200
+
+    report = verify_store(path)
+
+    assert faults_of(report) == [("videos/frames", "frame padding", 0)]
+
+
+def test_verify_finds_schedule_out_of_range(tmp_path):
+    layout = small_layout()
+    path = tmp_path / "cache.zarr"
+    build_store(path, layout).close()
+    zarr.open_group(str(path), mode="r+")["schedule"][4, 2] = layout.num_samples
+
+    report = verify_store(path)
+
+    assert faults_of(report) == [("schedule", "index range", None)]
+
+
+def test_verify_reports_incomplete_store(tmp_path):
+    layout = small_layout()
+    cache = TeacherCache.create(tmp_path / "cache.h5", layout, small_fingerprint())
+    write_inputs(cache, layout)
+    write_steps(cache, layout, steps=range(7))
+    cache.close()
+
+    report = verify_store(tmp_path / "cache.h5")
+
+    assert faults_of(report) == [("store", "incomplete", None), ("store", "incomplete", None)]
+    assert "teacher 'xclip' has 2 of 9 steps missing (first: 7, 8)" in report.faults[0].message
+    assert report.checked["steps of xclip"] == 7
+
+
+def test_verify_reports_fingerprint_fields(tmp_path):
+    path = tmp_path / "cache.zarr"
+    build_store(path, small_layout()).close()
+
+    report = verify_store(path, expected_fingerprint=small_fingerprint(seed=1, epochs=4))
+
+    assert faults_of(report) == [("manifest", "fingerprint", None)] * 2
+    assert report.faults[0].message == "epochs: expected 4, stored 3"
+    assert report.faults[1].message == "seed: expected 1, stored 42"
+
+
+def test_verify_notes_leftover_temporary_file(tmp_path):
+    layout = small_layout()
+    path = tmp_path / "cache.zarr"
+    build_store(path, layout).close()
+    (path / "teachers/xclip/done/c/3.0123abcd.partial").write_bytes(b"\x01")
+
+    report = verify_store(path)
+
+    assert report.ok
+    assert report.notes == ["teachers/xclip/done: 1 temporary chunk file(s) left by killed writers; "
+                            "finalize removes them"]
+
+
+def test_describe_unfinished_hdf5_store(tmp_path):
+    layout = small_layout()
+    cache = TeacherCache.create(tmp_path / "cache.h5", layout, small_fingerprint(),
+                                teacher_info={"xclip": {"checkpoint_sha256": "cd" * 32}})
+    write_inputs(cache, layout)
+    write_steps(cache, layout, steps=range(4))
+    cache.write_step("xpool", 4, *synthetic_targets(layout, "xpool", 4))
+    cache.close()
+
+    description = describe_store(tmp_path / "cache.h5")
+
+    assert description["backend"] == "hdf5"
+    assert description["location"] == f"{tmp_path / 'cache.h5'}.staging.zarr"
+    assert description["state"] == "writing"
+    assert description["schema_version"] == 1
+    assert description["size_on_disk_bytes"] > 0
+    assert description["teachers"]["xclip"]["steps_done"] == 4
+    assert description["teachers"]["xpool"]["steps_done"] == 5
+    assert description["teachers"]["xclip"]["checkpoint_sha256"] == "cd" * 32
+    assert description["fingerprint"]["fields"]["seed"] == 42
+    logits = next(array for array in description["arrays"] if array["name"] == "teachers/xclip/logits")
+    assert logits["shape"] == [9, 4, 4]
+    assert logits["chunks"] == [1, 4, 4]
+    assert logits["codecs"] == ["zstd", "crc32c"]
+
+
+def test_format_description_lists_teachers(tmp_path):
+    path = tmp_path / "cache.h5"
+    build_store(path, small_layout(), "hdf5").close()
+
+    text = format_description(describe_store(path))
+
+    assert "state          complete" in text
+    assert "xclip: 9 of 9 steps done, checkpoint sha256 " + "ab" * 32 in text
+    assert "  seed = 42" in text
+    assert "teachers/xpool/logits: float16 [9, 4, 4], chunks [1, 4, 4], shuffle+gzip+fletcher32" in text
+
+
 # ----- killed writers and several writers -----
 
 
@@ -553,7 +769,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path, backend):
 
     run_writer_to_end(killed, backend, layout.num_steps)
     uninterrupted = store_path(tmp_path, backend, "uninterrupted")
-    run_writer_to_end(uninterrupted, backend, layout.num_steps)
+    run_writer([str(uninterrupted), backend, str(layout.num_steps), "0", "1", "1"], announce=False)
 
     with TeacherCache.open(killed) as cache:
         assert cache.is_complete()
@@ -591,14 +807,14 @@ def test_two_processes_match_single_process(tmp_path, backend):
     assert_same_arrays(shared, single)
 
 
-def run_writer(arguments: list[str]) -> None:
+def run_writer(arguments: list[str], announce: bool = True) -> None:
     """Write the synthetic store: path, backend, steps, rank, world size, finalize ("1" or "0")."""
     path, backend, num_steps, rank, world_size, finalize = arguments
     layout = small_layout(num_steps=int(num_steps))
     cache = TeacherCache.open_or_create(path, layout, small_fingerprint(), backend=backend)
     if int(world_size) == 1:
         write_inputs(cache, layout)
-    write_steps(cache, layout, rank=int(rank), world_size=int(world_size), announce=True)
+    write_steps(cache, layout, rank=int(rank), world_size=int(world_size), announce=announce)
     if finalize == "1":
         cache.finalize()
     cache.close()

@@ -120,10 +120,10 @@ def sample_kept_indices(path: str | Path, frame_count: int, decodable_count: int
 
     sampled = sampled[sampled < decodable_count]
     if len(sampled) == 0:
+        segment = f"the segment {start_s}-{end_s} s" if start_s is not None or end_s is not None else "the video"
         raise SamplingError(
             path,
-            f"no frames in the segment {start_s}-{end_s} s; the video has {decodable_count} decodable "
-            f"frames at {fps:.3f} fps",
+            f"no frames in {segment}; the video has {decodable_count} decodable frames at {fps:.3f} fps",
             hint="check the segment times in the annotations",
         )
     return sampled[cut_to_max_frames(len(sampled), settings.max_frames, settings.slice_framepos)]

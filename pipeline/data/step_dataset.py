@@ -61,8 +61,9 @@ class ScheduleDataset(Dataset):
 
     def __init__(self, tables: TrainingTables, rows: slice, video_dir: str | Path | None, settings: FrameSettings,
                  clip_times: dict, timeout_s: float | None, seed: int,
-                 cache_path: str | Path | None = None, use_cached_frames: bool = False):
+                 cache_path: str | Path | None = None, use_cached_frames: bool = False, read_targets: bool = True):
         self.tables = tables
+        self.read_targets = read_targets and cache_path is not None
         self.rows = rows
         self.cache_path = str(cache_path) if cache_path else None
         self.use_cached_frames = use_cached_frames
@@ -102,7 +103,7 @@ class ScheduleDataset(Dataset):
             "frames": torch.from_numpy(frames),
             "frame_mask": torch.from_numpy(frame_mask.astype(bool)),
         }
-        if self.cache_path is not None:
+        if self.read_targets:
             targets = self.cache().read_step(step)
             names = sorted(targets)
             item["teacher_logits"] = torch.from_numpy(np.stack([targets[name][0] for name in names]))  # [teachers, B, B]

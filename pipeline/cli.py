@@ -100,18 +100,34 @@ def distill(config_path: str, overrides: tuple[str, ...], cache_path: str | None
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help=CONFIG_HELP)
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help=SET_HELP)
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
-              help="Student checkpoint (pytorch_model.bin written by distill, or TeachCLIP's release).")
+              help="Student checkpoint (pytorch_model.bin written by distill, or TeachCLIP's release); "
+              "with --teacher, that teacher's checkpoint.")
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True, help="Split to rank.")
 @click.option("--output-dir", default=None, help="Where metrics.json and ranks.csv go; default: evaluate.output_dir, "
               "else <train.output_dir>/eval.")
 @click.option("--device", default=None, help="Torch device; default: cuda if available, else cpu.")
+@click.option("--teacher", default=None, metavar="NAME",
+              help="Evaluate a teacher (xclip, ts2net, xpool, clip4clip) through its own similarity head instead "
+              "of a student.")
+@click.option("--teacher-chunk-size", default=None, type=click.IntRange(min=1),
+              help="Queries per call of the teacher's similarity head; bounds memory. Default: about 65,536 "
+              "text-video pairs per call.")
+@click.option("--export-features", multiple=True, default=("zarr",), show_default=True,
+              type=click.Choice(["zarr", "hdf5", "bigfile", "none"]),
+              help="Write the student's text and video vectors in this format (repeatable): features.zarr, "
+              "features.h5, or TeachCLIP's BigFile directories under bigfile/.")
+@click.option("--report/--no-report", default=True, show_default=True,
+              help="Draw report.png: recall-at-K curves and rank histograms of both directions.")
 def evaluate(config_path: str, overrides: tuple[str, ...], checkpoint: str, split: str, output_dir: str | None,
-             device: str | None) -> None:
+             device: str | None, teacher: str | None, teacher_chunk_size: int | None,
+             export_features: tuple[str, ...], report: bool) -> None:
     """Rank every video for every query: text-to-video and video-to-text R@1/5/10/50, median and mean rank."""
     from stages.evaluate import format_table, run_evaluate
 
     config = read_config(config_path, tuple(overrides))
-    result = run_stage(run_evaluate, config, checkpoint, split_name=split, output_dir=output_dir, device=device)
+    result = run_stage(run_evaluate, config, checkpoint, split_name=split, output_dir=output_dir, device=device,
+                       teacher=teacher, export_features=export_features, report=report,
+                       teacher_chunk_size=teacher_chunk_size)
     click.echo(format_table(result))
 
 
@@ -154,6 +170,92 @@ def cache_verify(path: str) -> None:
     click.echo(report.format())
     if not report.ok:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, metavar="RUN_OR_METRICS...")
+@click.option("--format", "table_format", type=click.Choice(["markdown", "plain"]), default="markdown",
+              show_default=True, help="Table layout.")
+def compare(runs: tuple[str, ...], table_format: str) -> None:
+    """Compare the metrics.json of several runs (files, or folders that contain metrics.json or eval/metrics.json)."""
+    from pipeline.report import comparison_table
+
+    click.echo(run_stage(comparison_table, list(runs), table_format))
+
+
+@main.command()
+@click.argument("video_dir", type=click.Path(file_okay=False))
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Student checkpoint.")
+@click.option("--output", required=True, type=click.Path(), help="Feature store directory (zarr) to write or resume.")
+@click.option("--feature-framerate", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Frames sampled per second of video.")
+@click.option("--max-frames", default=12, show_default=True, type=click.IntRange(min=1),
+              help="Frames kept per video.")
+@click.option("--slice-framepos", type=click.Choice(["head", "tail", "uniform"]), default="uniform",
+              show_default=True, help="Which frames are kept when a video has more than --max-frames.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="Stored vector type.")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Videos per forward pass.")
+@click.option("--chunk-videos", default=1024, show_default=True, type=click.IntRange(min=1),
+              help="Videos per store chunk; a killed run loses at most one chunk of work.")
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="Decoding processes; default: one per CPU core.")
+@click.option("--decode-timeout", default=120.0, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds one video may take to decode before it is listed as failed.")
+@click.option("--device", default=None, help="Torch device; default: cuda if available, else cpu.")
+@click.option("--overwrite", is_flag=True, help="Rebuild an existing feature store instead of resuming it.")
+def index(video_dir: str, checkpoint: str, output: str, feature_framerate: int, max_frames: int,
+          slice_framepos: str, dtype: str, batch_size: int, chunk_videos: int, workers: int | None,
+          decode_timeout: float, device: str | None, overwrite: bool) -> None:
+    """Encode every video of VIDEO_DIR (.mp4 .avi .webm .mkv .mov) into a feature store for search."""
+    from stages.index import SLICE_POSITIONS, IndexSettings, run_index
+
+    settings = IndexSettings(feature_framerate=feature_framerate, max_frames=max_frames,
+                             slice_framepos=SLICE_POSITIONS[slice_framepos], dtype=dtype, batch_size=batch_size,
+                             chunk_videos=chunk_videos, workers=workers, decode_timeout_s=decode_timeout)
+    result = run_stage(run_index, video_dir, checkpoint, output, settings, device=device, overwrite=overwrite)
+    click.echo(f"feature store: {result.store} ({result.videos} videos; {result.encoded} encoded now, "
+               f"{result.failed} failed now, {result.failed_total} listed in failed.json; {result.seconds:.1f} s)")
+
+
+@main.command()
+@click.argument("store", type=click.Path())
+@click.argument("queries", nargs=-1)
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="Student checkpoint that encodes the queries (the one that built the index).")
+@click.option("--top-k", default=10, show_default=True, type=click.IntRange(min=1), help="Results per query.")
+@click.option("--max-words", default=32, show_default=True, type=click.IntRange(min=3),
+              help="Tokens per query, start and end tokens included.")
+@click.option("--paths", "paths_dir", default=None, type=click.Path(file_okay=False),
+              help="Video folder, to print each result's file when STORE is a BigFile directory.")
+@click.option("--interactive", is_flag=True, help="Read queries from standard input, one per line.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per query.")
+@click.option("--device", default=None, help="Torch device; default: cuda if available, else cpu.")
+def search(store: str, queries: tuple[str, ...], checkpoint: str, top_k: int, max_words: int,
+           paths_dir: str | None, interactive: bool, as_json: bool, device: str | None) -> None:
+    """Rank the videos of STORE (a feature store from index, or a BigFile directory) for each text query."""
+    from dataclasses import asdict
+
+    from stages.search import format_hits, open_searcher
+
+    if not queries and not interactive:
+        raise click.UsageError("give at least one query, or --interactive to read queries from standard input")
+    searcher = run_stage(open_searcher, store, checkpoint, device=device, max_words=max_words, paths_dir=paths_dir)
+
+    def answer(text: str) -> None:
+        hits = run_stage(searcher.search, text, top_k)
+        if as_json:
+            click.echo(json.dumps({"query": text, "results": [asdict(hit) for hit in hits]}))
+        else:
+            click.echo(format_hits(text, hits))
+
+    for text in queries:
+        answer(text)
+    if interactive:
+        for line in sys.stdin:
+            if line.strip():
+                answer(line.strip())
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Evaluate: encode each video to one holistic vector and each query to one vector, then rank.
 
 Reports text-to-video and video-to-text R@1, R@5, R@10, R@50, median and mean rank, with exactly
-one rank per query (ties count against the positive).
+one rank per query (ties count against the positive), and writes per-query ranks, the features
+and a PNG report. Teachers are ranked through their own pairwise heads (`stages.evaluate_teacher`).
 """
 
 from __future__ import annotations
@@ -19,16 +20,22 @@ from tqdm import tqdm
 from pipeline import metrics
 from pipeline.config import Config
 from pipeline.data.video_dataset import VideoFramesDataset
+from pipeline.exports import FeatureSet, SplitFeatures, export_split_features
 from pipeline.models.factory import load_student
 from pipeline.models.preprocess import normalize_frames
 from pipeline.models.student import TeachCLIPStudent
+from pipeline.models.teachers import canonical_teacher_name, load_teacher
+from pipeline.report import REPORT_FILE, STUDENT, RankSeries, write_rank_report
 from pipeline.text.tokenizer import tokenize_captions
 from stages.common import SplitData, frame_settings, load_split
+from stages.evaluate_teacher import encode_teacher_split, score_teacher_split
 
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 RANKS_FILE = "ranks.csv"
+VIDEO_RANKS_FILE = "video_ranks.csv"
+DEFAULT_EXPORTS = ("zarr",)
 METRIC_ORDER = ("R1", "R5", "R10", "R50", "MedianR", "MeanR")
 # Dual softmax on unit-vector cosines; equals TeachCLIP's temperature 1 on logits scaled by CLIP's 100.
 DUAL_SOFTMAX_TEMPERATURE = 0.01
@@ -84,6 +91,7 @@ def score_split(encoded: EncodedSplit, chunk_size: int, dual_softmax: bool = Fal
         "queries": int(len(positive)),
         "videos": int(encoded.video_vectors.shape[0]),
         "t2v_ranks": np.asarray(t2v_ranks).tolist(),
+        "v2t_ranks": np.asarray(v2t_ranks).tolist(),
     }
     if dual_softmax:
         reranked = metrics.chunked_query_ranks(encoded.text_vectors, encoded.video_vectors, positive,
@@ -94,28 +102,56 @@ def score_split(encoded: EncodedSplit, chunk_size: int, dual_softmax: bool = Fal
 
 
 def format_table(result: dict) -> str:
-    header = f"{'direction':<16}" + "".join(f"{name:>9}" for name in METRIC_ORDER)
-    lines = [header]
-    for direction in ("text_to_video", "video_to_text", "text_to_video_dual_softmax"):
-        if direction in result:
-            row = result[direction]
-            lines.append(f"{direction:<16}" + "".join(f"{row[name]:>9.1f}" for name in METRIC_ORDER))
+    directions = [name for name in ("text_to_video", "video_to_text", "text_to_video_dual_softmax") if name in result]
+    width = max(len("direction"), *(len(name) for name in directions)) + 2
+    lines = [f"{'direction':<{width}}" + "".join(f"{name:>9}" for name in METRIC_ORDER)]
+    for direction in directions:
+        row = result[direction]
+        lines.append(f"{direction:<{width}}" + "".join(f"{row[name]:>9.1f}" for name in METRIC_ORDER))
     lines.append(f"{result['queries']} queries, {result['videos']} videos; ties count against the positive")
     return "\n".join(lines)
 
 
 def write_outputs(result: dict, split: SplitData, output_dir: Path, extra: dict) -> Path:
+    """Write metrics.json, the per-query ranks (ranks.csv) and the per-video ranks (video_ranks.csv).
+
+    Takes the rank lists out of `result`, so it holds only the summary afterwards.
+    """
     output_dir.mkdir(parents=True, exist_ok=True)
     ranks = result.pop("t2v_ranks")
+    video_ranks = result.pop("v2t_ranks", None)
     samples = split.samples
     with (output_dir / RANKS_FILE).open("w", encoding="utf-8") as handle:
         handle.write("query_id,video_id,rank\n")
         for text_id, video_index, rank in zip(samples.text_ids, samples.video_index, ranks):
             handle.write(f"{text_id},{samples.video_ids[video_index]},{rank}\n")
+    if video_ranks is not None:
+        with (output_dir / VIDEO_RANKS_FILE).open("w", encoding="utf-8") as handle:
+            handle.write("video_id,rank\n")
+            for video_id, rank in zip(samples.video_ids, video_ranks):
+                handle.write(f"{video_id},{rank}\n")
     path = output_dir / METRICS_FILE
     path.write_text(json.dumps({**extra, **result}, indent=2))
-    logger.info("wrote %s and %s", path, output_dir / RANKS_FILE)
+    logger.info("wrote %s, %s and %s", path, output_dir / RANKS_FILE, output_dir / VIDEO_RANKS_FILE)
     return path
+
+
+def split_features(encoded: EncodedSplit, split: SplitData) -> SplitFeatures:
+    samples = split.samples
+    return SplitFeatures(
+        texts=FeatureSet(ids=tuple(samples.text_ids), features=encoded.text_vectors.numpy()),
+        videos=FeatureSet(ids=tuple(samples.video_ids), features=encoded.video_vectors.numpy()),
+        query_video_index=encoded.query_video_index,
+    )
+
+
+def write_report(result: dict, output_dir: Path, title: str) -> Path:
+    """Draw the recall-at-K curves and rank histograms of both directions into report.png."""
+    series = [
+        RankSeries("text-to-video", np.asarray(result["t2v_ranks"]), result["videos"]),
+        RankSeries("video-to-text", np.asarray(result["v2t_ranks"]), result["queries"]),
+    ]
+    return write_rank_report(series, output_dir / REPORT_FILE, title=title)
 
 
 def evaluate_model(model: TeachCLIPStudent, config: Config, split_name: str, device: torch.device,
@@ -127,15 +163,47 @@ def evaluate_model(model: TeachCLIPStudent, config: Config, split_name: str, dev
 
 
 def run_evaluate(config: Config, checkpoint: str | Path, split_name: str = "test",
-                 output_dir: str | Path | None = None, device: str | None = None) -> dict:
-    """Evaluate a student checkpoint on a split; writes metrics.json and ranks.csv."""
+                 output_dir: str | Path | None = None, device: str | None = None, *,
+                 teacher: str | None = None, export_features: tuple[str, ...] = DEFAULT_EXPORTS,
+                 report: bool = True, teacher_chunk_size: int | None = None) -> dict:
+    """Evaluate a student checkpoint, or with `teacher` a teacher checkpoint, on a split.
+
+    Writes metrics.json, ranks.csv, video_ranks.csv, and report.png unless `report` is False. A
+    student's text and video features go out in each format of `export_features` ("zarr", "hdf5",
+    "bigfile"). Teachers have no single vector per item, so nothing is exported for them.
+    `teacher_chunk_size` sets the queries per call of a teacher's head (default: about 64 Ki pairs).
+    """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model_name = canonical_teacher_name(teacher) if teacher else STUDENT
     output_dir = Path(output_dir or config.evaluate.output_dir or Path(config.train.output_dir) / "eval")
     split = load_split(config, split_name, report_dir=output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    extra = {"model": model_name, "checkpoint": str(checkpoint), "split": split_name,
+             "skipped_videos": sorted(split.skipped)}
 
-    model = load_student(checkpoint, config.model.precision).to(device)
-    result = evaluate_model(model, config, split_name, device, split=split)
-    extra = {"checkpoint": str(checkpoint), "split": split_name, "skipped_videos": sorted(split.skipped)}
+    encoded = None
+    if teacher:
+        model = load_teacher(model_name, checkpoint, config.model.precision).to(device)
+        teacher_encoded = encode_teacher_split(model, config, split, split_name, device)
+        result = score_teacher_split(model, teacher_encoded, device, chunk_size=teacher_chunk_size,
+                                     dual_softmax=config.evaluate.dual_softmax, work_dir=output_dir)
+    else:
+        model = load_student(checkpoint, config.model.precision).to(device)
+        encoded = encode_split(model, config, split, split_name, device)
+        result = score_split(encoded, config.evaluate.chunk_size, config.evaluate.dual_softmax)
+
+    if report:
+        extra["report"] = str(write_report(result, output_dir, f"{model_name} on {split_name}: {checkpoint}"))
+    exports = [name for name in export_features if name != "none"]
+    if encoded is not None and exports:
+        written = export_split_features(output_dir, exports, split_features(encoded, split),
+                                        attributes={"checkpoint": str(checkpoint), "split": split_name,
+                                                    "unit_length": True})
+        extra["features"] = {name: str(path) for name, path in written.items()}
+    elif exports:
+        logger.info("no features exported: a %s teacher scores pairs with its own head, not single vectors",
+                    model_name)
+
     write_outputs(result, split, output_dir, extra)
     result.update(extra)
     return result

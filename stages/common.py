@@ -10,7 +10,8 @@ from pathlib import Path
 
 from cache.fingerprint import Fingerprint, sha256_file
 from pipeline.config import Config
-from pipeline.data.frames import FrameSettings, scan_videos
+from pipeline.data.frames import FrameSettings
+from pipeline.data.videos import scan_videos
 from pipeline.data.readers import SplitAnnotations, read_split
 from pipeline.data.samples import SampleSet, build_samples
 from pipeline.text.tokenizer import VOCAB_FILE

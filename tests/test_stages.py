@@ -9,7 +9,8 @@ import torch
 from cache import TeacherCache
 from cache.fingerprint import FingerprintMismatchError
 from pipeline.config import build_config
-from pipeline.data.frames import FrameSettings, find_video, load_video_frames
+from pipeline.data.frames import FrameSettings
+from pipeline.data.videos import find_video, load_video_frames
 from pipeline.models.preprocess import normalize_frames
 from pipeline.models.teachers import load_teacher
 from stages.distill import run_distill

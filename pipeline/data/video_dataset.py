@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.data.frames import FrameSettings, VideoFrames, find_video, load_video_frames
+from pipeline.data.frames import FrameSettings, VideoFrames
+from pipeline.data.videos import find_video, load_video_frames
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,10 @@ class Hdf5Arrays:
         if h5py.check_string_dtype(dataset.dtype) is not None:
             return np.asarray(dataset.asstr()[selection], dtype=object)
         return np.asarray(dataset[selection])
+
+    def read_together(self, requests: Sequence[tuple[str, Any]]) -> list[np.ndarray]:
+        """Read several (dataset name, selection) requests one after another, returning their values in order."""
+        return [self.read(name, selection) for name, selection in requests]
 
     def write(self, name: str, selection: Any, values: Any) -> None:
         raise ReadOnlyCacheError(f"{self.location} is a finished HDF5 cache and cannot be changed")

@@ -449,8 +449,10 @@ class TeacherCache:
                 f"non-negative and sum to 1 (row sums {row_sums[bad_rows[:MAX_LISTED_INDICES]].tolist()})"
             )
 
-        self._arrays.write(teacher_array_name(teacher, "logits"), step, logits)
-        self._arrays.write(teacher_array_name(teacher, "frame_targets"), step, frame_targets)
+        self._arrays.write_together([
+            (teacher_array_name(teacher, "logits"), step, logits),
+            (teacher_array_name(teacher, "frame_targets"), step, frame_targets),
+        ])
         # The done flag goes last: a process killed before this line leaves the step pending.
         self._arrays.write(teacher_array_name(teacher, "done"), step, True)
 
@@ -566,17 +568,23 @@ class TeacherCache:
         In an unfinished store, a step that a teacher has not written raises IncompleteCacheError.
         """
         step = self._check_position("step", step, self.layout.num_steps)
+        teachers = self.layout.teacher_names
         if self._manifest["state"] != STATE_COMPLETE:
-            for teacher in self.layout.teacher_names:
-                if not self._arrays.read(teacher_array_name(teacher, "done"), step):
+            done = self._arrays.read_together([(teacher_array_name(teacher, "done"), step) for teacher in teachers])
+            for teacher, teacher_done in zip(teachers, done):
+                if not teacher_done:
                     raise IncompleteCacheError(
                         f"step {step} of teacher {teacher!r} is not written yet in {self.path}. {PRECOMPUTE_HINT}"
                     )
 
+        requests = []
+        for teacher in teachers:
+            requests += [(teacher_array_name(teacher, "logits"), step), (teacher_array_name(teacher, "frame_targets"), step)]
+        values = self._arrays.read_together(requests)
+
         targets = {}
-        for teacher in self.layout.teacher_names:
-            logits = self._arrays.read(teacher_array_name(teacher, "logits"), step)
-            frame_targets = self._arrays.read(teacher_array_name(teacher, "frame_targets"), step)
+        for position, teacher in enumerate(teachers):
+            logits, frame_targets = values[2 * position], values[2 * position + 1]
             targets[teacher] = (logits.astype(np.float32), frame_targets.astype(np.float32))
         return targets
 

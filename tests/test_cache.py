@@ -524,7 +524,7 @@ def test_verify_complete_store_ok(tmp_path, backend):
 def test_verify_finds_truncated_chunk_file(tmp_path):
     path = tmp_path / "cache.zarr"
     build_store(path, small_layout()).close()
-    chunk_file = path / "teachers/xclip/logits/c/4/0/0"
+    chunk_file = path / "teachers/xclip/logits/c.4.0.0"
     chunk_file.write_bytes(chunk_file.read_bytes()[: chunk_file.stat().st_size // 2])
 
     report = verify_store(path)
@@ -536,7 +536,7 @@ def test_verify_finds_truncated_chunk_file(tmp_path):
 def test_verify_finds_overwritten_chunk_bytes(tmp_path):
     path = tmp_path / "cache.zarr"
     build_store(path, small_layout()).close()
-    chunk_file = path / "teachers/xpool/frame_targets/c/2/0/0"
+    chunk_file = path / "teachers/xpool/frame_targets/c.2.0.0"
     data = bytearray(chunk_file.read_bytes())
     middle = len(data) // 2
     data[middle:middle + 4] = bytes(255 - value for value in data[middle:middle + 4])
@@ -577,7 +577,7 @@ def test_verify_reports_truncated_hdf5_file(tmp_path):
 def test_verify_finds_missing_chunk_file(tmp_path):
     path = tmp_path / "cache.zarr"
     build_store(path, small_layout()).close()
-    (path / "teachers/xpool/logits/c/8/0/0").unlink()
+    (path / "teachers/xpool/logits/c.8.0.0").unlink()
 
     report = verify_store(path)
 
@@ -668,13 +668,28 @@ def test_verify_notes_leftover_temporary_file(tmp_path):
     layout = small_layout()
     path = tmp_path / "cache.zarr"
     build_store(path, layout).close()
-    (path / "teachers/xclip/done/c/3.0123abcd.partial").write_bytes(b"\x01")
+    (path / "teachers/xclip/done/c.3.0123abcd.partial").write_bytes(b"\x01")
 
     report = verify_store(path)
 
     assert report.ok
     assert report.notes == ["teachers/xclip/done: 1 temporary chunk file(s) left by killed writers; "
                             "finalize removes them"]
+
+
+def test_finalize_removes_temporary_files(tmp_path):
+    layout = small_layout()
+    path = tmp_path / "cache.zarr"
+    cache = TeacherCache.create(path, layout, small_fingerprint())
+    write_inputs(cache, layout)
+    write_steps(cache, layout)
+    leftover = path / "teachers/xpool/logits/c.4.0.0123abcd.partial"
+    leftover.write_bytes(b"\x00" * 16)
+
+    cache.finalize()
+
+    assert not leftover.exists()
+    assert verify_store(path).notes == []
 
 
 def test_describe_unfinished_hdf5_store(tmp_path):

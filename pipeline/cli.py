@@ -253,9 +253,14 @@ def search(store: str, queries: tuple[str, ...], checkpoint: str, top_k: int, ma
     for text in queries:
         answer(text)
     if interactive:
+        prompt = sys.stdin.isatty()
+        if prompt:
+            click.echo("query (Ctrl-D ends): ", nl=False, err=True)
         for line in sys.stdin:
             if line.strip():
                 answer(line.strip())
+            if prompt:
+                click.echo("query (Ctrl-D ends): ", nl=False, err=True)
 
 
 if __name__ == "__main__":

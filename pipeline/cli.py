@@ -205,18 +205,23 @@ def compare(runs: tuple[str, ...], table_format: str) -> None:
               help="Seconds one video may take to decode before it is listed as failed.")
 @click.option("--device", default=None, help="Torch device; default: cuda if available, else cpu.")
 @click.option("--overwrite", is_flag=True, help="Rebuild an existing feature store instead of resuming it.")
+@click.option("--max-chunks", default=None, type=click.IntRange(min=1),
+              help="Stop after encoding this many chunks (for time-limited jobs); the next run continues.")
 def index(video_dir: str, checkpoint: str, output: str, feature_framerate: int, max_frames: int,
           slice_framepos: str, dtype: str, batch_size: int, chunk_videos: int, workers: int | None,
-          decode_timeout: float, device: str | None, overwrite: bool) -> None:
+          decode_timeout: float, device: str | None, overwrite: bool, max_chunks: int | None) -> None:
     """Encode every video of VIDEO_DIR (.mp4 .avi .webm .mkv .mov) into a feature store for search."""
     from stages.index import SLICE_POSITIONS, IndexSettings, run_index
 
     settings = IndexSettings(feature_framerate=feature_framerate, max_frames=max_frames,
                              slice_framepos=SLICE_POSITIONS[slice_framepos], dtype=dtype, batch_size=batch_size,
                              chunk_videos=chunk_videos, workers=workers, decode_timeout_s=decode_timeout)
-    result = run_stage(run_index, video_dir, checkpoint, output, settings, device=device, overwrite=overwrite)
+    result = run_stage(run_index, video_dir, checkpoint, output, settings, device=device, overwrite=overwrite,
+                       max_chunks=max_chunks)
+    state = "complete" if result.complete else "incomplete, run index again to continue"
     click.echo(f"feature store: {result.store} ({result.videos} videos; {result.encoded} encoded now, "
-               f"{result.failed} failed now, {result.failed_total} listed in failed.json; {result.seconds:.1f} s)")
+               f"{result.failed} failed now, {result.failed_total} listed in failed.json; {state}; "
+               f"{result.seconds:.1f} s)")
 
 
 @main.command()

@@ -31,8 +31,9 @@ logger = logging.getLogger(__name__)
 # Teacher logits already include the teacher's logit scale, so the dual softmax runs at temperature 1,
 # as TeachCLIP's DSL evaluation does on logits.
 TEACHER_DUAL_SOFTMAX_TEMPERATURE = 1.0
-# Text-video pairs per call of the teacher's head when no chunk size is given. X-CLIP's head keeps
-# pairs x max_words x max_frames float32 values at once, so 64 Ki pairs of 32 words and 12 frames take 96 MiB.
+# Text-video pairs per call of the teacher's head when no chunk size is given. By estimate from the
+# heads' shapes, X-CLIP keeps a few [pairs, words, frames] float32 tensors at once (96 MiB each for
+# 64 Ki pairs of 32 words and 12 frames) and X-Pool a few [pairs, dim] ones (128 MiB each at dim 512).
 DEFAULT_PAIRS_PER_BLOCK = 2**16
 SCORES_FILE = "teacher_scores.npy"
 

@@ -66,6 +66,7 @@ class IndexResult:
     failed: int  # videos of this run that failed to decode
     failed_total: int  # failed videos listed in failed.json
     chunks_already_done: int
+    complete: bool  # every chunk done
     seconds: float
 
 
@@ -189,8 +190,11 @@ class ChunkEncoder:
 
 def run_index(video_dir: str | Path, checkpoint: str | Path, output: str | Path,
               settings: IndexSettings = IndexSettings(), device: str | None = None,
-              overwrite: bool = False) -> IndexResult:
-    """Encode every video under video_dir into the feature store at output, resuming an unfinished one."""
+              overwrite: bool = False, max_chunks: int | None = None) -> IndexResult:
+    """Encode every video under video_dir into the feature store at output, resuming an unfinished one.
+
+    With `max_chunks`, the run stops after encoding that many chunks, and a later run continues.
+    """
     started = time.perf_counter()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     output = Path(output)
@@ -214,6 +218,8 @@ def run_index(video_dir: str | Path, checkpoint: str | Path, output: str | Path,
     ids, paths = store.ids(), store.paths()
     pending = store.pending_chunks()
     already_done = store.num_chunks - len(pending)
+    if max_chunks is not None:
+        pending = pending[:max_chunks]
 
     encoded = failed = 0
     pending_videos = sum(len(store.chunk_rows(chunk)) for chunk in pending)
@@ -230,7 +236,8 @@ def run_index(video_dir: str | Path, checkpoint: str | Path, output: str | Path,
 
     failed_total = len(store.failed())
     seconds = time.perf_counter() - started
-    logger.info("index %s: %d videos, %d encoded now, %d failed now (%d listed in failed.json), %.1f s",
-                output, store.count, encoded, failed, failed_total, seconds)
+    logger.info("index %s: %d videos, %d encoded now, %d failed now (%d listed in failed.json), %d of %d "
+                "chunks done, %.1f s", output, store.count, encoded, failed, failed_total,
+                already_done + len(pending), store.num_chunks, seconds)
     return IndexResult(store=output, videos=store.count, encoded=encoded, failed=failed, failed_total=failed_total,
-                       chunks_already_done=already_done, seconds=seconds)
+                       chunks_already_done=already_done, complete=store.is_complete(), seconds=seconds)

@@ -141,6 +141,22 @@ def test_index_resume_encodes_missing_chunks(video_dir, student, tmp_path):
     np.testing.assert_array_equal(FeatureStore.open(tmp_path / "store").read_vectors(), complete)
 
 
+def test_index_partial_run_then_rest(video_dir, student, tmp_path):
+    checkpoint, _ = student
+    first = run_index(video_dir, checkpoint, tmp_path / "store", index_settings(), max_chunks=1)
+    assert first.encoded == 1  # chunk 0: more/video3 and the text file notes.mp4
+    assert first.failed == 1
+    assert not first.complete
+    assert FeatureStore.open(tmp_path / "store").done().tolist() == [True, False, False]
+
+    rest = run_index(video_dir, checkpoint, tmp_path / "store", index_settings())
+    assert rest.chunks_already_done == 1
+    assert rest.encoded == 3
+    assert rest.failed == 0
+    assert rest.complete
+    assert load_search_index(tmp_path / "store").ids == ["more/video3", "video0", "video1", "video2"]
+
+
 def test_index_rerun_encodes_nothing(video_dir, student, tmp_path):
     checkpoint, _ = student
     run_index(video_dir, checkpoint, tmp_path / "store", index_settings())
@@ -250,6 +266,7 @@ def test_cli_index_then_search(video_dir, student, tmp_path):
                                    str(tmp_path / "store"), "--max-frames", str(TEST_MAX_FRAMES), "--workers", "2"])
     assert indexed.exit_code == 0, indexed.output
     assert "4 encoded now, 1 failed now" in indexed.output
+    assert "; complete;" in indexed.output
 
     store = FeatureStore.open(tmp_path / "store")
     assert store.attributes["frame_settings"]["feature_framerate"] == 1

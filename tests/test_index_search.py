@@ -2,6 +2,10 @@
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -155,6 +159,43 @@ def test_index_partial_run_then_rest(video_dir, student, tmp_path):
     assert rest.failed == 0
     assert rest.complete
     assert load_search_index(tmp_path / "store").ids == ["more/video3", "video0", "video1", "video2"]
+
+
+KILLED_RUN_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from pipeline.feature_store import FeatureStore
+    from stages.index import IndexSettings, run_index
+
+    original_write = FeatureStore.write_chunk
+
+    def write_then_wait(store, chunk, vectors, valid):
+        original_write(store, chunk, vectors, valid)
+        print("written", chunk, flush=True)
+        time.sleep(600)  # the test kills the process here
+
+    FeatureStore.write_chunk = write_then_wait
+    video_dir, checkpoint, output = sys.argv[1:4]
+    run_index(video_dir, checkpoint, output, IndexSettings(max_frames=3, chunk_videos=2, batch_size=2, workers=1))
+""")
+
+
+def test_index_resumes_after_sigkill(video_dir, student, tmp_path):
+    checkpoint, _ = student
+    process = subprocess.Popen([sys.executable, "-c", KILLED_RUN_SCRIPT, str(video_dir), str(checkpoint),
+                                str(tmp_path / "store")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().split() == ["written", "0"]
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    resumed = run_index(video_dir, checkpoint, tmp_path / "store", index_settings())
+    assert resumed.chunks_already_done == 1
+    assert resumed.encoded == 3
+    run_index(video_dir, checkpoint, tmp_path / "clean", index_settings())
+    np.testing.assert_array_equal(FeatureStore.open(tmp_path / "store").read_vectors(),
+                                  FeatureStore.open(tmp_path / "clean").read_vectors())
+    assert json.loads((tmp_path / "store" / "failed.json").read_text())[0]["video_id"] == "notes"
 
 
 def test_index_rerun_encodes_nothing(video_dir, student, tmp_path):

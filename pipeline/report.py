@@ -24,6 +24,8 @@ FIGURE_SIZE_INCHES = (12.0, 4.5)
 FIGURE_DPI = 100
 # Histogram bins per decade of rank (bins are log-spaced, since ranks span 1 to the gallery size).
 HISTOGRAM_BINS_PER_DECADE = 8
+# Rank axes up to this size are labelled at 1, 2 and 5 times each power of ten; larger ones at powers only.
+LABELLED_STEPS_UP_TO = 1000
 
 DIRECTIONS = ("text_to_video", "video_to_text")
 COMPARED_METRICS = ("R1", "R5", "R10", "R50", "MedianR", "MeanR")
@@ -57,13 +59,27 @@ def histogram_edges(largest_rank: int) -> np.ndarray:
     return edges.astype(np.float64)
 
 
+def label_log_axis(axes, largest: int) -> None:
+    """Put the x axis (ranks) on a log scale, labelled with plain numbers at 1, 2, 5, 10, 20, ...
+
+    Past LABELLED_STEPS_UP_TO, only powers of ten are labelled, so the labels do not overlap.
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axes.set_xscale("log")
+    steps = (1.0, 2.0, 5.0) if largest <= LABELLED_STEPS_UP_TO else (1.0,)
+    axes.xaxis.set_major_locator(LogLocator(base=10, subs=steps))
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+    axes.xaxis.set_minor_formatter(NullFormatter())
+
+
 def write_rank_report(series: list[RankSeries], path: str | Path, title: str = "") -> Path:
     """Draw the recall-at-K curves (left) and the rank histograms (right) of each series into a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+    from matplotlib.ticker import MaxNLocator
 
     path = Path(path)
     figure, (curve_axis, histogram_axis) = plt.subplots(1, 2, figsize=FIGURE_SIZE_INCHES)
@@ -72,8 +88,8 @@ def write_rank_report(series: list[RankSeries], path: str | Path, title: str = "
         cutoffs = np.arange(1, item.gallery_size + 1)
         curve_axis.plot(cutoffs, recall_curve(item.ranks, item.gallery_size), drawstyle="steps-post",
                         label=f"{item.label} ({len(item.ranks)} queries, {item.gallery_size} candidates)")
-    curve_axis.set_xscale("log")
-    curve_axis.xaxis.set_major_formatter(ScalarFormatter())
+    largest = max(item.gallery_size for item in series)
+    label_log_axis(curve_axis, largest)
     curve_axis.set_xlabel("K")
     curve_axis.set_ylabel("R@K (%)")
     curve_axis.set_ylim(0, 100)
@@ -81,11 +97,10 @@ def write_rank_report(series: list[RankSeries], path: str | Path, title: str = "
     curve_axis.legend(loc="lower right")
     curve_axis.set_title("recall at K")
 
-    edges = histogram_edges(max(item.gallery_size for item in series))
+    edges = histogram_edges(largest)
     for item in series:
         histogram_axis.hist(item.ranks, bins=edges, histtype="step", linewidth=1.5, label=item.label)
-    histogram_axis.set_xscale("log")
-    histogram_axis.xaxis.set_major_formatter(ScalarFormatter())
+    label_log_axis(histogram_axis, largest)
     histogram_axis.yaxis.set_major_locator(MaxNLocator(integer=True))
     histogram_axis.set_xlabel("rank of the positive (1 is best)")
     histogram_axis.set_ylabel("queries")

@@ -78,7 +78,7 @@ def load_split(config: Config, split: str, report_dir: Path | None = None, scan:
 
 
 def cache_fingerprint(config: Config, split: SplitData, teachers: list[dict]) -> Fingerprint:
-    """Every setting the cached targets depend on; distill compares it field by field."""
+    """Collect every setting the cached targets depend on; distill compares them field by field."""
     datasets, train = config.datasets, config.train
     fields = {
         "fingerprint_version": FINGERPRINT_VERSION,

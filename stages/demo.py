@@ -40,7 +40,7 @@ def demo_data_dir() -> Path:
 
 
 def write_tiny_clip(path: Path) -> Path:
-    """A random tiny CLIP saved like OpenAI's archives' state dicts (with their three scalar entries)."""
+    """Save a random tiny CLIP as OpenAI's archives hold it: the state dict plus three scalar entries."""
     torch.manual_seed(DEMO_SEED)
     config = CLIP_PRESETS["tiny"]
     state = CLIP(config).state_dict()

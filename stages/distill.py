@@ -1,7 +1,7 @@
 """Stage two: train the student against the cached teacher targets with HuggingFace Accelerate.
 
-Each process takes its slice of every scheduled global batch; text features, frame states and
-AFA logits are gathered with gradients, so the losses are computed over the global B x B matrix.
+Each process takes its slice of every scheduled global batch. Text features, frame states and AFA
+logits are gathered with gradients, so the losses cover the global B x B matrix.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def cached_training_data(config: Config) -> TrainingData:
 
 
 def online_training_data(config: Config) -> TrainingData:
-    """The same schedule and tokens precompute would cache, built from the config; no cache is read."""
+    """Build the schedule and tokens that precompute would cache, from the config alone."""
     split = load_split(config, "train", report_dir=Path(config.train.output_dir))
     tokens = tokenize_samples(split.samples, config.datasets.max_words)
     schedule = build_schedule(split.samples, config.train.batch_size, config.train.epochs, config.train.seed,

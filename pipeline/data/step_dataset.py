@@ -43,6 +43,7 @@ class TrainingTables:
     tokens: np.ndarray  # [texts, max_words]
     mask: np.ndarray  # [texts, max_words]
     video_ids: tuple[str, ...]
+    frame_mask: np.ndarray | None = None  # [videos, frames], present when read from a cache
 
     @classmethod
     def from_cache(cls, cache: TeacherCache) -> "TrainingTables":
@@ -53,6 +54,7 @@ class TrainingTables:
             tokens=np.asarray(cache.tokens),
             mask=np.asarray(cache.mask),
             video_ids=tuple(str(video_id) for video_id in cache.video_ids),
+            frame_mask=np.asarray(cache.frame_mask),
         )
 
 
@@ -89,7 +91,7 @@ class ScheduleDataset(Dataset):
         if self.use_cached_frames:
             cache = self.cache()
             frames = np.stack([cache.read_video_frames(int(video)) for video in video_rows])
-            frame_mask = np.asarray(cache.frame_mask)[video_rows]
+            frame_mask = tables.frame_mask[video_rows]
         else:
             decoded = [self.videos.load(int(video)) for video in video_rows]
             frames = np.stack([video.frames for video in decoded])  # [local, frames, H, W, 3]

@@ -132,7 +132,7 @@ class FieldDifference:
     """One field whose value differs between an expected and a stored fingerprint.
 
     Nested dict values are compared key by key, so `name` may be a dotted path
-    such as `teacher.xclip.config.num_frames`. A side that lacks the field holds
+    such as `teacher.xclip.config.num_frames`. A side that lacks the field has the value
     `MISSING`.
     """
 

@@ -39,7 +39,7 @@ from cache.schema import (
     teacher_array_name,
     validate_manifest,
 )
-from cache.zarr_backend import TEMPORARY_FILE_SUFFIX, ZarrArrays, is_remote_url, local_path
+from cache.zarr_backend import ZarrArrays, contains_only_temporary_files, is_remote_url, local_path
 
 logger = logging.getLogger(__name__)
 
@@ -91,17 +91,6 @@ def _locate(path: str) -> tuple[str, str, bool]:
 
     also = f" or {staging}" if has_hdf5_suffix(path) else ""
     raise CacheNotFoundError(f"no teacher cache found at {path}{also}")
-
-
-def _contains_only_temporary_files(location: str) -> bool:
-    """Return whether a local directory exists and contains nothing but zarr's temporary files.
-
-    A create killed while writing its first file leaves such a directory.
-    """
-    if is_remote_url(location) or not local_path(location).is_dir():
-        return False
-    files = [entry for entry in local_path(location).rglob("*") if entry.is_file()]
-    return bool(files) and all(entry.name.endswith(TEMPORARY_FILE_SUFFIX) for entry in files)
 
 
 def _read_manifest(arrays: ZarrArrays | Hdf5Arrays) -> dict[str, Any]:
@@ -175,7 +164,7 @@ class TeacherCache:
         # The root manifest has state "creating" until every array exists, so a store
         # whose creation was killed is recognised as such.
         creating = {MANIFEST_ATTRIBUTE: {"schema_version": SCHEMA_VERSION, "state": STATE_CREATING}}
-        if not overwrite and _contains_only_temporary_files(location):
+        if not overwrite and contains_only_temporary_files(location):
             logger.warning("%s contains only temporary files of a killed create; creating the store again", location)
             overwrite = True
         try:
@@ -429,9 +418,10 @@ class TeacherCache:
     def write_step(self, teacher: str, step: int, logits: Any, frame_targets: Any) -> None:
         """Store one teacher's targets for one step, then mark the step done.
 
-        `logits` [batch, batch] has text rows and video columns; `frame_targets`
-        [batch, frames] contains the frame distribution of each positive pair, so each
-        row sums to 1. Both are stored in the layout's target dtype.
+        `logits` [batch, batch] has text rows and video columns. Row i of
+        `frame_targets` [batch, frames] is the frame distribution of the positive pair
+        (text i, video i), so each row sums to 1. Both are stored in the layout's
+        target dtype.
         """
         self._require_writable()
         self._check_teacher(teacher)
@@ -666,7 +656,21 @@ class TeacherCache:
         missing = self.missing_parts()
         if missing:
             raise IncompleteCacheError(f"cannot finalize teacher cache {self.path}: " + "; ".join(missing))
+        self._mark_complete()
 
+    def mark_complete_if_done(self) -> bool:
+        """Run `finalize` when nothing is missing and return whether the store is now complete."""
+        if self._manifest["state"] == STATE_COMPLETE:
+            return True
+        self._require_writable()
+        missing = self.missing_parts()
+        if missing:
+            logger.info("teacher cache %s is not complete yet: %s", self.path, "; ".join(missing))
+            return False
+        self._mark_complete()
+        return True
+
+    def _mark_complete(self) -> None:
         manifest = dict(self._manifest)
         manifest["state"] = STATE_COMPLETE
         manifest["completed_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -687,17 +691,6 @@ class TeacherCache:
 
         self._manifest = manifest
         logger.info("teacher cache %s is complete", self.path)
-
-    def mark_complete_if_done(self) -> bool:
-        """Run `finalize` when nothing is missing and return whether the store is now complete."""
-        if self._manifest["state"] == STATE_COMPLETE:
-            return True
-        missing = self.missing_parts()
-        if missing:
-            logger.info("teacher cache %s is not complete yet: %s", self.path, "; ".join(missing))
-            return False
-        self.finalize()
-        return True
 
     # ----- lifetime -----
 

@@ -19,7 +19,7 @@ import zarr.storage
 from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync
 
-from cache.errors import CacheNotFoundError, ReadOnlyCacheError
+from cache.errors import CacheFormatError, CacheNotFoundError, ReadOnlyCacheError
 from cache.schema import ArraySpec
 
 logger = logging.getLogger(__name__)
@@ -114,6 +114,12 @@ class ZarrArrays:
             store = _open_store(location, read_only=not writable)
             group = zarr.open_group(store, mode="r+" if writable else "r")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as error:
+            local = not is_remote_url(location) and local_path(location).is_dir()
+            if local and any(local_path(location).iterdir()) and not contains_only_temporary_files(location):
+                raise CacheFormatError(
+                    f"{location} is a directory but not a zarr v3 store (it has no zarr.json), so it is not "
+                    "a teacher cache; choose another cache path"
+                ) from error
             raise CacheNotFoundError(f"no teacher cache found at {location}") from error
         return cls(group, location, writable)
 
@@ -206,8 +212,8 @@ class ZarrArrays:
     def stored_chunk_indices(self, name: str) -> tuple[set[int], list[str]]:
         """List the first-axis indices of the stored chunks, and leftover temporary files.
 
-        A temporary file is left when a writer was killed between writing a chunk and
-        renaming it into place; the chunk itself is then absent or still the old one.
+        A writer killed between writing a chunk and renaming it into place leaves a
+        temporary file. The chunk itself is then absent or still the old one.
         """
         array = self._array(name)
         prefix = f"c{CHUNK_KEY_SEPARATOR}"
@@ -252,6 +258,17 @@ class ZarrArrays:
         """Release the store's resources."""
         self._arrays.clear()
         self._group.store.close()
+
+
+def contains_only_temporary_files(location: str) -> bool:
+    """Return whether a local directory contains files, all of them zarr's temporary files.
+
+    A create killed while writing its first file leaves such a directory.
+    """
+    if is_remote_url(location) or not local_path(location).is_dir():
+        return False
+    files = [entry for entry in local_path(location).rglob("*") if entry.is_file()]
+    return bool(files) and all(entry.name.endswith(TEMPORARY_FILE_SUFFIX) for entry in files)
 
 
 def directory_bytes(path: Path) -> int:

@@ -287,6 +287,30 @@ def test_open_plain_zarr_group_rejected(tmp_path):
         TeacherCache.open(tmp_path / "other.zarr")
 
 
+def test_open_plain_directory_rejected(tmp_path):
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "video0.mp4").write_bytes(b"not a store")
+
+    with pytest.raises(CacheFormatError, match="not a zarr v3 store"):
+        TeacherCache.open_or_create(tmp_path / "videos", small_layout(), small_fingerprint())
+    assert (tmp_path / "videos" / "video0.mp4").exists()
+
+
+def test_open_text_file_rejected(tmp_path):
+    (tmp_path / "train.csv").write_text("video_id,sentence\n")
+
+    with pytest.raises(CacheFormatError, match="not an HDF5 file"):
+        TeacherCache.open(tmp_path / "train.csv")
+
+
+def test_killed_first_write_is_recreated(tmp_path):
+    (tmp_path / "cache.zarr").mkdir()
+    (tmp_path / "cache.zarr" / "zarr.json.0123abcd.partial").write_bytes(b"{")
+
+    with TeacherCache.open_or_create(tmp_path / "cache.zarr", small_layout(), small_fingerprint()) as cache:
+        assert cache.pending_steps("xclip").tolist() == list(range(9))
+
+
 @pytest.mark.parametrize("backend", ["zarr", "hdf5"])
 def test_open_or_create_resumes_matching_store(tmp_path, backend):
     layout = small_layout()
@@ -402,6 +426,46 @@ def test_finalize_incomplete_store_raises(tmp_path):
     with pytest.raises(IncompleteCacheError, match=r"has 1 of 9 steps missing \(first: 8\)"):
         cache.finalize()
     assert not (tmp_path / "cache.h5").exists()
+
+
+def test_teacher_config_recorded_in_manifest(tmp_path):
+    layout = small_layout()
+    cache = TeacherCache.create(tmp_path / "cache.zarr", layout, small_fingerprint())
+    cache.write_teacher_config("xpool", {"width": 512, "num_frames": 12})
+    cache.close()
+
+    with TeacherCache.open(tmp_path / "cache.zarr") as cache:
+        assert cache.manifest["teachers"]["xpool"]["config"] == {"width": 512, "num_frames": 12}
+        assert cache.manifest["teachers"]["xclip"]["config"] == {}
+
+
+def test_frames_complete_after_every_video(tmp_path):
+    layout = small_layout(store_frames=True)
+    inputs = synthetic_inputs(layout)
+    cache = TeacherCache.create(tmp_path / "cache.zarr", layout, small_fingerprint())
+    for video in range(layout.num_videos - 1):
+        cache.write_video_frames(video, inputs["frames"][video])
+
+    assert not cache.frames_complete()
+    assert cache.pending_videos().tolist() == [layout.num_videos - 1]
+
+    cache.write_video_frames(layout.num_videos - 1, inputs["frames"][-1])
+    assert cache.frames_complete()
+
+
+def test_mark_complete_if_done(tmp_path):
+    layout = small_layout()
+    cache = TeacherCache.create(tmp_path / "cache.h5", layout, small_fingerprint())
+    write_inputs(cache, layout)
+    write_steps(cache, layout, steps=range(8))
+
+    assert not cache.mark_complete_if_done()
+    assert not (tmp_path / "cache.h5").exists()
+
+    write_steps(cache, layout, steps=[8])
+    assert cache.mark_complete_if_done()
+    assert h5py.is_hdf5(tmp_path / "cache.h5")
+    cache.close()
 
 
 @pytest.mark.parametrize("backend", ["zarr", "hdf5"])

@@ -444,6 +444,8 @@ class TeacherCache:
             (teacher_array_name(teacher, "frame_targets"), step, frame_targets),
         ])
         # The done flag goes last: a process killed before this line leaves the step pending.
+        # NOTE: chunks are not fsynced, so this order holds for a killed process but not across
+        # a power failure; verify_store reports steps damaged that way.
         self._arrays.write(teacher_array_name(teacher, "done"), step, True)
 
     def write_teacher_config(self, teacher: str, config: Mapping[str, Any]) -> None:

@@ -50,10 +50,18 @@ class SplitData:
     skipped: dict[str, str]  # video id -> reason it was skipped
 
 
-def load_split(config: Config, split: str, report_dir: Path | None = None, scan: bool = True) -> SplitData:
-    """Read a split and apply the missing-video policy: stop (default) or skip with a report."""
+def load_split(config: Config, split: str, report_dir: Path | None = None, scan: bool = True,
+               skipped: dict[str, str] | None = None) -> SplitData:
+    """Read a split and apply the missing-video policy: stop (default) or skip with a report.
+
+    `skipped` reuses the outcome of an earlier scan (another process's, or the one stored in a
+    cache) instead of scanning the videos again.
+    """
     annotations = read_split(config.datasets, split)
-    skipped: dict[str, str] = {}
+    if skipped is not None:
+        samples = build_samples(annotations, skip_videos=frozenset(skipped))
+        return SplitData(annotations=annotations, samples=samples, skipped=dict(skipped))
+    skipped = {}
 
     if scan:
         report = scan_videos(config.datasets.video_path, annotations.video_ids, frame_settings(config, split))

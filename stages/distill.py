@@ -27,14 +27,14 @@ from cache import TeacherCache
 from cache.fingerprint import FingerprintMismatchError, compare
 from pipeline import optim
 from pipeline.config import Config, save_config
-from pipeline.data.samples import build_samples, build_schedule, steps_per_epoch, tokenize_samples
+from pipeline.data.samples import build_schedule, steps_per_epoch, tokenize_samples
 from pipeline.data.step_dataset import ScheduleDataset, TrainingTables, local_rows
 from pipeline.losses import NonFiniteLossError, TeachCLIPLoss, assert_finite_terms
 from pipeline.models.factory import build_student, freeze_clip_layers
 from pipeline.models.preprocess import normalize_frames
 from pipeline.models.student import TeachCLIPStudent
 from pipeline.models.teachers import canonical_teacher_name, load_teacher
-from stages.common import SplitData, cache_fingerprint, default_cache_path, frame_settings, load_split
+from stages.common import cache_fingerprint, default_cache_path, frame_settings, load_split
 from stages.evaluate import evaluate_model
 from stages.precompute import describe_teachers
 
@@ -79,10 +79,8 @@ def verify_cache(config: Config, cache: TeacherCache, cache_path: Path) -> None:
     stored list is reused instead of scanning the videos again.
     """
     stored = cache.fingerprint
-    annotations_split = load_split(config, "train", scan=False)
-    skipped = stored.fields.get("skipped_videos", [])
-    samples = build_samples(annotations_split.annotations, skip_videos=frozenset(skipped))
-    split = SplitData(annotations_split.annotations, samples, dict.fromkeys(skipped, "skipped by precompute"))
+    skipped = dict.fromkeys(stored.fields.get("skipped_videos", []), "skipped by precompute")
+    split = load_split(config, "train", skipped=skipped)
     expected = cache_fingerprint(config, split, describe_teachers(config))
     differences = compare(expected, stored)
     if differences:

@@ -115,3 +115,33 @@ def test_resume_after_sigkill_matches(cached_config, tmp_path):
     assert max_weight_difference(load_weights(straight_dir), load_weights(killed_dir)) == 0.0
     logged_steps = sorted({record["step"] for record in read_log(killed_dir)})
     assert logged_steps == list(range(6))
+
+
+def test_two_process_precompute_matches_one(tmp_path):
+    from cache import TeacherCache
+
+    single = tiny_config(tmp_path / "single", teachers=("xclip", "xpool"),
+                         overrides=("train.batch_size=8", "cache.store_frames=true"))
+    run_precompute(single)
+
+    double_dir = tmp_path / "double"
+    double = build_config(single.to_dict(), overrides=(f"cache.path={double_dir / 'teacher_cache.zarr'}",
+                                                       f"train.output_dir={double_dir / 'run'}"))
+    save_config(double, tmp_path / "double.yaml")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+               "-m", "pipeline.cli", "precompute", "--config", str(tmp_path / "double.yaml")]
+    completed = subprocess.run(command, env=child_environment(), capture_output=True, text=True,
+                               timeout=PROCESS_TIMEOUT_S)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+    with TeacherCache.open(single.cache.path) as one, TeacherCache.open(double.cache.path) as two:
+        assert two.is_complete()
+        assert (one.frame_mask == two.frame_mask).all()
+        for step in range(len(one.schedule)):
+            first, second = one.read_step(step), two.read_step(step)
+            for name in ("xclip", "xpool"):
+                assert (first[name][0] == second[name][0]).all(), (step, name)
+                assert (first[name][1] == second[name][1]).all(), (step, name)
+        for video in range(len(one.video_ids)):
+            assert (one.read_video_frames(video) == two.read_video_frames(video)).all(), video

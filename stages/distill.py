@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.nn as dist_nn
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -183,6 +184,16 @@ def load_online_teachers(config: Config, device: torch.device) -> list:
     return sorted(teachers, key=lambda teacher: teacher.name)
 
 
+def make_accelerator(config: Config) -> Accelerator:
+    """Build the Accelerator; a single process may switch mixed precision between runs (tests, notebooks)."""
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("mixed_precision") != config.train.mixed_precision and PartialState().num_processes == 1:
+        # NOTE: _reset_state is Accelerate's private reset (accelerate 1.16); several processes never reach it.
+        AcceleratorState._reset_state()
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.train.mixed_precision,
+                       log_with=config.train.log_with or None, project_dir=config.train.output_dir)
+
+
 def run_distill(config: Config, resume: bool = False, online: bool = False) -> DistillResult:
     """Train the student for config.train.epochs over the schedule; returns the best checkpoint.
 
@@ -194,8 +205,7 @@ def run_distill(config: Config, resume: bool = False, online: bool = False) -> D
             "train.gradient_accumulation_steps must be 1: TeachCLIP's losses are computed over the whole scheduled "
             "batch, and micro-batches would change them. Use more processes to fit a large batch"
         )
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.train.mixed_precision,
-                              log_with=config.train.log_with or None, project_dir=config.train.output_dir)
+    accelerator = make_accelerator(config)
     if config.train.log_with:
         accelerator.init_trackers("teachclip-distill", config={"lr": config.train.lr, "epochs": config.train.epochs,
                                                                "batch_size": config.train.batch_size})

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
@@ -161,7 +161,7 @@ def frame_mask_stored(cache: TeacherCache) -> bool:
     return True
 
 
-def prepare_split(config: Config, accelerator: Accelerator) -> SplitData:
+def prepare_split(config: Config, accelerator: PartialState) -> SplitData:
     """Scan the videos on the main process only and share the skipped ids with the others."""
     report_dir = Path(config.train.output_dir)
     split = load_split(config, "train", report_dir=report_dir) if accelerator.is_main_process else None
@@ -169,7 +169,7 @@ def prepare_split(config: Config, accelerator: Accelerator) -> SplitData:
     return split if split is not None else load_split(config, "train", skipped=skipped)
 
 
-def open_cache(config: Config, accelerator: Accelerator, split: SplitData, schedule: np.ndarray,
+def open_cache(config: Config, accelerator: PartialState, split: SplitData, schedule: np.ndarray,
                teacher_info: list[dict], tokens) -> tuple[TeacherCache, bool]:
     """Create or resume the store on the main process, then open it on the others; returns (cache, complete)."""
     cache_path = default_cache_path(config)
@@ -195,7 +195,8 @@ def open_cache(config: Config, accelerator: Accelerator, split: SplitData, sched
 def run_precompute(config: Config, device: str | None = None) -> PrecomputeResult:
     """Write (or finish) the teacher cache for `config`; returns where it is and what was written."""
     started = time.perf_counter()
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    # PartialState carries the process layout without fixing a mixed-precision mode, which distill sets.
+    accelerator = PartialState(cpu=not torch.cuda.is_available())
     rank, world_size = accelerator.process_index, accelerator.num_processes
     device = torch.device(device) if device else accelerator.device
 

@@ -143,3 +143,19 @@ def test_training_curves_png_written(precomputed, tmp_path):
     run_distill(run_config)
     png = tmp_path / "run" / "training_curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bf16_mixed_precision_trains(precomputed, tmp_path):
+    config, _ = precomputed
+    full = build_config(config.to_dict(), overrides=(f"train.output_dir={tmp_path / 'fp32'}", "train.epochs=1"))
+    mixed = build_config(config.to_dict(), overrides=(f"train.output_dir={tmp_path / 'bf16'}",
+                                                      "train.mixed_precision=bf16"))
+    run_distill(full)
+    run_distill(mixed)
+
+    full_log = [json.loads(line) for line in (tmp_path / "fp32" / "train_log.jsonl").read_text().splitlines()]
+    mixed_log = [json.loads(line) for line in (tmp_path / "bf16" / "train_log.jsonl").read_text().splitlines()]
+    assert len(mixed_log) == 6
+    assert all(np.isfinite(record["loss"]) for record in mixed_log)
+    # bfloat16 keeps about 3 significant digits, so the first loss agrees to about 1e-2.
+    assert mixed_log[0]["loss"] == pytest.approx(full_log[0]["loss"], abs=2e-2)

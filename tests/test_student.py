@@ -117,3 +117,21 @@ def test_freeze_layer_minus_one_freezes_nothing():
     model = TeachCLIPStudent(StudentConfig(clip=CLIP_PRESETS["tiny"], temporal_layers=1))
     assert freeze_clip_layers(model, -1) == []
     assert all(parameter.requires_grad for parameter in model.parameters())
+
+
+def test_reference_fp16_casts_clip_only(parity_dir, parity_inputs):
+    inputs, outputs = parity_inputs
+    model = load_student(parity_dir / "teachclip_student.bin", precision="reference_fp16").train()
+
+    assert model.clip.visual.conv1.weight.dtype == torch.float16
+    assert model.clip.transformer.resblocks[0].attn.in_proj_weight.dtype == torch.float16
+    assert model.clip.visual.proj.dtype == torch.float16
+    assert model.clip.ln_final.weight.dtype == torch.float32
+    assert model.frameLinear.weight.dtype == torch.float32
+    assert model.transformerClip.resblocks[0].attn.in_proj_weight.dtype == torch.float32
+
+    frames = normalize_frames(torch.from_numpy(inputs["frames_uint8"]))
+    with torch.no_grad():
+        logits, _ = model(torch.from_numpy(inputs["input_ids"]), frames, torch.from_numpy(inputs["frame_mask"]))
+    # float16 CLIP changes the logits (scaled by about 100) in the second or third significant digit.
+    assert np.abs(logits.numpy() - outputs["teachclip_student_logits"]).max() < 0.5

@@ -133,5 +133,5 @@ def test_reference_fp16_casts_clip_only(parity_dir, parity_inputs):
     frames = normalize_frames(torch.from_numpy(inputs["frames_uint8"]))
     with torch.no_grad():
         logits, _ = model(torch.from_numpy(inputs["input_ids"]), frames, torch.from_numpy(inputs["frame_mask"]))
-    # float16 CLIP changes the logits (scaled by about 100) in the second or third significant digit.
-    assert np.abs(logits.numpy() - outputs["teachclip_student_logits"]).max() < 0.5
+    # float16 weights keep about 3 significant digits; these logits are below 1 in magnitude.
+    assert np.abs(logits.numpy() - outputs["teachclip_student_logits"]).max() < 1e-2

@@ -45,6 +45,14 @@ def child_environment() -> dict:
     return environment
 
 
+def torchrun(stage: str, config_path) -> subprocess.CompletedProcess:
+    """Run a stage in two gloo processes on this machine, as a user would with torchrun."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+               "-m", "pipeline.cli", stage, "--config", str(config_path)]
+    return subprocess.run(command, env=child_environment(), capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S)
+
+
 def read_log(run_dir) -> list[dict]:
     path = run_dir / "train_log.jsonl"
     if not path.is_file():
@@ -72,11 +80,7 @@ def test_two_processes_match_one(cached_config, tmp_path):
     run_distill(build_config(cached_config.to_dict(), overrides=(f"train.output_dir={single_dir}",)))
     write_run_config(cached_config, tmp_path / "double.yaml", double_dir)
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-               "-m", "pipeline.cli", "distill", "--config", str(tmp_path / "double.yaml")]
-    completed = subprocess.run(command, env=child_environment(), capture_output=True, text=True,
-                               timeout=PROCESS_TIMEOUT_S)
+    completed = torchrun("distill", tmp_path / "double.yaml")
     assert completed.returncode == 0, completed.stderr[-3000:]
 
     single_log, double_log = read_log(single_dir), read_log(double_dir)
@@ -128,11 +132,7 @@ def test_two_process_precompute_matches_one(tmp_path):
     double = build_config(single.to_dict(), overrides=(f"cache.path={double_dir / 'teacher_cache.zarr'}",
                                                        f"train.output_dir={double_dir / 'run'}"))
     save_config(double, tmp_path / "double.yaml")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-               "-m", "pipeline.cli", "precompute", "--config", str(tmp_path / "double.yaml")]
-    completed = subprocess.run(command, env=child_environment(), capture_output=True, text=True,
-                               timeout=PROCESS_TIMEOUT_S)
+    completed = torchrun("precompute", tmp_path / "double.yaml")
     assert completed.returncode == 0, completed.stderr[-3000:]
 
     with TeacherCache.open(single.cache.path) as one, TeacherCache.open(double.cache.path) as two:

@@ -159,3 +159,22 @@ def test_bf16_mixed_precision_trains(precomputed, tmp_path):
     assert all(np.isfinite(record["loss"]) for record in mixed_log)
     # bfloat16 keeps about 3 significant digits, so the first loss agrees to about 1e-2.
     assert mixed_log[0]["loss"] == pytest.approx(full_log[0]["loss"], abs=2e-2)
+
+
+def test_hdf5_cache_equals_zarr_and_trains(precomputed, tmp_path):
+    config, result = precomputed
+    hdf5_config = build_config(config.to_dict(), overrides=(
+        "cache.backend=hdf5", f"cache.path={tmp_path / 'teacher_cache.h5'}", f"train.output_dir={tmp_path / 'run'}"))
+    run_precompute(hdf5_config)
+
+    with TeacherCache.open(result.cache_path) as zarr_cache, TeacherCache.open(tmp_path / "teacher_cache.h5") as h5:
+        assert h5.backend == "hdf5"
+        assert (np.asarray(zarr_cache.schedule) == np.asarray(h5.schedule)).all()
+        for step in range(len(zarr_cache.schedule)):
+            zarr_logits, zarr_frames = zarr_cache.read_step(step)["xclip"]
+            h5_logits, h5_frames = h5.read_step(step)["xclip"]
+            assert (zarr_logits == h5_logits).all()
+            assert (zarr_frames == h5_frames).all()
+
+    trained = run_distill(hdf5_config)
+    assert trained.best_checkpoint.is_file()

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline import metrics
 from pipeline.metrics import (
     OPTIMISTIC_TIE_RULE,
     TIE_RULE,
@@ -234,3 +235,42 @@ def test_nan_score_rejected():
 def test_video_without_caption_rejected():
     with pytest.raises(ValueError, match=r"1 videos have no caption.*\[1\]"):
         video_to_text_ranks(torch.zeros(3, 3), [0, 2, 2])
+
+
+@pytest.mark.parametrize("candidates", ["captions", "videos"])
+def test_counting_in_small_slices(monkeypatch, candidates):
+    # A slice of 50 scores splits every row set below into many slices, as large galleries do.
+    monkeypatch.setattr(metrics, "_COUNT_SLICE_ELEMENTS", 50)
+    caption_video = torch.arange(30).repeat_interleave(3)
+    queries, videos = integer_features(90, 16, seed=12), integer_features(30, 16, seed=13)
+    sim = (queries @ videos.T).numpy()
+
+    expected_text = argsort_free_ranks(sim, caption_video.numpy())
+    assert chunked_query_ranks(queries, videos, caption_video, chunk_size=8).tolist() == expected_text
+
+    expected_video = loop_video_to_text_ranks(sim, caption_video.numpy(), candidates)
+    ranks = chunked_video_to_text_ranks(queries, videos, caption_video, chunk_size=7, candidates=candidates)
+    assert ranks.tolist() == expected_video
+
+
+def loop_video_to_text_ranks(sim: np.ndarray, caption_video: np.ndarray, candidates: str) -> list[int]:
+    """Video-to-text ranks with ties against the video, one video at a time."""
+    ranks = []
+    for video in range(sim.shape[1]):
+        own = caption_video == video
+        best = sim[own, video].max()
+        if candidates == "captions":
+            ranks.append(1 + int(np.count_nonzero(sim[~own, video] >= best)))
+        else:
+            others = [sim[caption_video == other, video].max() for other in range(sim.shape[1]) if other != video]
+            ranks.append(1 + sum(1 for score in others if score >= best))
+    return ranks
+
+
+def argsort_free_ranks(sim: np.ndarray, positive_index: np.ndarray) -> list[int]:
+    """1 + the number of other columns scoring at least the positive, one row at a time."""
+    ranks = []
+    for row, positive in zip(sim, positive_index):
+        others = np.delete(row, positive)
+        ranks.append(1 + int(np.count_nonzero(others >= row[positive])))
+    return ranks

@@ -72,7 +72,8 @@ def chunked_query_ranks(query_features: torch.Tensor, video_features: torch.Tens
     Scores are computed for `chunk_size` queries at a time against all videos, on `device`, in
     `dtype`, so memory holds the features plus one [chunk_size, videos] block. With
     `dual_softmax_temperature`, each score is re-weighted by its softmax over all queries
-    (see `dual_softmax`), which takes one extra pass over the blocks. Ranks follow `query_ranks`.
+    (see `dual_softmax`), which takes one extra pass over the blocks and two more block-sized
+    temporaries. Ranks follow `query_ranks`.
 
     NOTE: BLAS picks kernels by block shape, so a float32 score can differ in its last bit between
     chunk sizes (seen with MKL on CPU). Ranks then differ only between candidates that score
@@ -134,7 +135,7 @@ def chunked_video_to_text_ranks(query_features: torch.Tensor, video_features: to
     query_features: [captions, dim]; video_features: [videos, dim]; query_video_index: [captions].
     Memory holds the features plus one [captions, chunk_size] block. With
     `dual_softmax_temperature`, each score is re-weighted by its softmax over all videos, the
-    query axis of this direction.
+    query axis of this direction, at the cost of one extra pass and two block-sized temporaries.
     """
     _check_tie_rule(tie_rule)
     _check_candidates(candidates)

@@ -108,7 +108,7 @@ class CacheConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    chunk_size: int = 4096  # queries scored per chunk; bounds memory
+    chunk_size: int = 0  # queries scored per block; 0 sizes blocks to about 256 MiB of scores
     dual_softmax: bool = False  # also report dual-softmax re-ranked metrics, beside the plain ones
     output_dir: str = ""  # default: <train.output_dir>/eval
 
@@ -153,7 +153,7 @@ CHOICES = {
 POSITIVE = {
     ("datasets", "max_words"), ("datasets", "max_frames"), ("datasets", "feature_framerate"),
     ("train", "epochs"), ("train", "batch_size"), ("train", "batch_size_val"), ("train", "lr"),
-    ("train", "gradient_accumulation_steps"), ("cache", "encode_batch_size"), ("evaluate", "chunk_size"),
+    ("train", "gradient_accumulation_steps"), ("cache", "encode_batch_size"),
     ("distillation", "beta"), ("datasets", "decode_timeout_s"),
 }
 

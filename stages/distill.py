@@ -264,9 +264,8 @@ def run_distill(config: Config, resume: bool = False, online: bool = False) -> D
         terms = loss_fn(logits, frame_weights, teacher_logits, teacher_frames)
         assert_finite_terms(terms, step, batch["sample_ids"].tolist())
         accelerator.backward(terms.total)
-        if scheduler is not None:
-            # BertAdam clips each parameter's gradient inside its step; AdamW gets torch's global clipping.
-            accelerator.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
+        # TeachCLIP clips the global gradient norm here, and BertAdam clips each parameter again in its step.
+        accelerator.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad()
         if scheduler is not None:

@@ -78,7 +78,7 @@ def encode_split(model: TeachCLIPStudent, config: Config, split: SplitData, spli
     )
 
 
-def score_split(encoded: EncodedSplit, chunk_size: int, dual_softmax: bool = False) -> dict:
+def score_split(encoded: EncodedSplit, chunk_size: int | None, dual_softmax: bool = False) -> dict:
     """Text-to-video and video-to-text metrics of an encoded split; ranks are exact, ties against the positive."""
     positive = torch.from_numpy(encoded.query_video_index)
     t2v_ranks = metrics.chunked_query_ranks(encoded.text_vectors, encoded.video_vectors, positive, chunk_size=chunk_size)
@@ -159,7 +159,7 @@ def evaluate_model(model: TeachCLIPStudent, config: Config, split_name: str, dev
     """Metrics of `model` on a split (used by distill for validation and by run_evaluate)."""
     split = split or load_split(config, split_name)
     encoded = encode_split(model, config, split, split_name, device)
-    return score_split(encoded, config.evaluate.chunk_size, config.evaluate.dual_softmax)
+    return score_split(encoded, config.evaluate.chunk_size or None, config.evaluate.dual_softmax)
 
 
 def run_evaluate(config: Config, checkpoint: str | Path, split_name: str = "test",
@@ -190,7 +190,7 @@ def run_evaluate(config: Config, checkpoint: str | Path, split_name: str = "test
     else:
         model = load_student(checkpoint, config.model.precision).to(device)
         encoded = encode_split(model, config, split, split_name, device)
-        result = score_split(encoded, config.evaluate.chunk_size, config.evaluate.dual_softmax)
+        result = score_split(encoded, config.evaluate.chunk_size or None, config.evaluate.dual_softmax)
 
     if report:
         extra["report"] = str(write_report(result, output_dir, f"{model_name} on {split_name}: {checkpoint}"))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from cache.errors import CacheError
 from pipeline.config import ConfigError, load_config
 
 logger = logging.getLogger(__name__)
@@ -33,11 +34,16 @@ def read_config(path: str, overrides: tuple[str, ...]):
 
 
 def run_stage(function, *args, **kwargs):
-    """Run a stage and turn its user-facing errors into a one-line message and exit code 1."""
+    """Run a stage and turn its user-facing errors into a message without a traceback, and exit code 1.
+
+    `--verbose` logs the traceback as well.
+    """
     try:
         return function(*args, **kwargs)
-    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as error:
+    except (OSError, ValueError, RuntimeError, KeyError, CacheError, FloatingPointError) as error:
         logger.debug("stage failed", exc_info=True)
+        if isinstance(error, (ConfigError, CacheError)):
+            raise click.ClickException(str(error)) from error
         raise click.ClickException(f"{type(error).__name__}: {error}") from error
 
 
@@ -98,7 +104,7 @@ def distill(config_path: str, overrides: tuple[str, ...], cache_path: str | None
 
 @main.command()
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help=CONFIG_HELP)
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help=SET_HELP)
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one config value, as section.key=value (repeatable), e.g. --set evaluate.dual_softmax=true.")
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
               help="Student checkpoint (pytorch_model.bin written by distill, or TeachCLIP's release); "
               "with --teacher, that teacher's checkpoint.")

@@ -262,11 +262,25 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, yaml.safe_load(raw)
 
 
+def check_override(section: str, key: str, value: Any, text: str) -> None:
+    """Reject an override naming an unknown section or key, or carrying an invalid value, naming the --set."""
+    if section not in SECTION_CLASSES:
+        raise ConfigError(f"--set {text}: unknown section '{section}'{suggest(section, list(SECTION_CLASSES))}; "
+                          f"known sections: {', '.join(SECTION_CLASSES)}")
+    if TEACHCLIP_TEACHER_KEY.match(key):
+        return  # teacherN_name and init_teacherN_model are checked together once all overrides are in
+    try:
+        build_section(section, {key: value}, f"--set {text}")
+    except ConfigError as error:
+        raise ConfigError(str(error)) from None
+
+
 def build_config(data: dict[str, Any], source: str = "<dict>", overrides: tuple[str, ...] = ()) -> Config:
     """Check and build a Config from nested dicts, applying `section.key=value` overrides on top."""
     data = {section: dict(values or {}) for section, values in (data or {}).items()}
     for override in overrides:
         section, key, value = parse_override(override)
+        check_override(section, key, value, override)
         data.setdefault(section, {})[key] = value
 
     sections = {}

@@ -64,6 +64,12 @@ def load_split(config: Config, split: str, report_dir: Path | None = None, scan:
     skipped = {}
 
     if scan:
+        video_dir = Path(config.datasets.video_path).expanduser()
+        if not video_dir.is_dir():
+            raise MissingVideosError(
+                f"video folder {video_dir} (datasets.video_path) not found or not a folder; point "
+                "datasets.video_path at the folder that holds the split's videos"
+            )
         report = scan_videos(config.datasets.video_path, annotations.video_ids, frame_settings(config, split))
         skipped = report.problems()
         if skipped and config.datasets.on_missing_video == "stop":

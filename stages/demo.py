@@ -70,7 +70,8 @@ def demo_config_dict(output_dir: Path, clip_path: Path, teacher_path: Path, epoc
         },
         "distillation": {"teachers": [{"name": "XCLIP", "checkpoint": str(teacher_path)}]},
         "train": {
-            "seed": DEMO_SEED, "epochs": epochs, "batch_size": DEMO_BATCH_SIZE, "batch_size_val": 8,
+            # A rerun of the demo into the same folder starts the run over.
+            "seed": DEMO_SEED, "epochs": epochs, "batch_size": DEMO_BATCH_SIZE, "batch_size_val": 8, "overwrite": True,
             "output_dir": str(output_dir / "run"),
         },
         # Frames are cached too, so distill reads them instead of decoding each video again every epoch.

@@ -24,7 +24,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cache import TeacherCache
+from cache import CacheNotFoundError, TeacherCache
 from cache.fingerprint import FingerprintMismatchError, compare
 from pipeline import optim
 from pipeline.config import Config, save_config
@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 # TeachCLIP clamps exp(logit_scale) at 100 after every optimiser step, as CLIP did.
 MAX_LOGIT_SCALE = math.log(100)
 STEP_LOG = "train_log.jsonl"
+VAL_LOG = "val_log.jsonl"
 CHECKPOINT_NAME = "pytorch_model.bin"
 BEST_DIR = "best"
 # Resume state: one folder per save under STATE_DIR, and LATEST_FILE naming the last complete one.
@@ -128,7 +129,14 @@ class TrainingData:
 def cached_training_data(config: Config) -> TrainingData:
     """Schedule, tokens and targets from the teacher cache, after checking its fingerprint."""
     cache_path = default_cache_path(config)
-    with TeacherCache.open(cache_path, mode="r") as cache:
+    try:
+        cache = TeacherCache.open(cache_path, mode="r")
+    except CacheNotFoundError as error:
+        raise CacheNotFoundError(
+            f"{error}. Run `teachclip-pipeline precompute` with this config first, pass --cache PATH to an "
+            "existing cache, or train with --online teachers"
+        ) from error
+    with cache:
         verify_cache(config, cache, cache_path)
         tables = TrainingTables.from_cache(cache)
         use_cached_frames = bool(cache.manifest.get("store_frames", False))
@@ -184,6 +192,22 @@ def load_online_teachers(config: Config, device: torch.device) -> list:
     return sorted(teachers, key=lambda teacher: teacher.name)
 
 
+def prepare_run_directory(output_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to train over an earlier run unless asked to resume it or to start over."""
+    earlier = [output_dir / name for name in (STEP_LOG, VAL_LOG, STATE_DIR) if (output_dir / name).exists()]
+    if earlier and not resume:
+        if not overwrite:
+            raise FileExistsError(
+                f"run directory {output_dir} already holds a run ({', '.join(path.name for path in earlier)}); "
+                "pass --resume to continue it, --set train.overwrite=true to start it over, or choose another "
+                "--output-dir"
+            )
+        for path in earlier:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        logger.warning("train.overwrite is set: removed the earlier run's logs and state from %s", output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+
 def make_accelerator(config: Config) -> Accelerator:
     """Build the Accelerator; a single process may switch mixed precision between runs (tests, notebooks)."""
     shared = AcceleratorState._shared_state
@@ -211,17 +235,19 @@ def run_distill(config: Config, resume: bool = False, online: bool = False) -> D
                                                                "batch_size": config.train.batch_size})
     device = accelerator.device
     output_dir = Path(config.train.output_dir)
+    if accelerator.is_main_process:
+        prepare_run_directory(output_dir, resume=resume, overwrite=config.train.overwrite)
     data = online_training_data(config) if online else cached_training_data(config)
     teachers = load_online_teachers(config, device) if online else []
-
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, output_dir / "config.yaml")
+    # Scanned before training, so a missing validation video stops the run now rather than after an epoch.
+    val_split = load_split(config, "val") if accelerator.is_main_process else None
 
     # Seeded right before the student is built, so its fresh layers start the same in every mode.
     set_seed(config.train.seed)
     model = build_student(config)
     freeze_clip_layers(model, config.model.freeze_layer_num)
+    if accelerator.is_main_process:
+        save_config(config, output_dir / "config.yaml")
     total_steps = len(data.tables.schedule)
     optimizer, scheduler, _ = optim.build_optimizer(
         model, config.train.optimizer, lr=config.train.lr, coef_lr=config.train.coef_lr,
@@ -243,11 +269,13 @@ def run_distill(config: Config, resume: bool = False, online: bool = False) -> D
                         num_workers=config.datasets.num_thread_reader)
 
     per_epoch = steps_per_epoch(data.tables.schedule, config.train.epochs)
-    val_split = load_split(config, "val", scan=False) if accelerator.is_main_process else None
+    if start_step >= total_steps:
+        logger.info("the run in %s already finished all %d steps; nothing left to train", output_dir, total_steps)
+    logger.info("training %d steps (%d per epoch) from step %d with %d process(es), teachers %s", total_steps,
+                per_epoch, start_step, accelerator.num_processes,
+                "online" if online else f"cached in {data.cache_path}")
     progress = tqdm(total=total_steps, initial=start_step, desc="distill", unit="step",
                     disable=not accelerator.is_local_main_process)
-    logger.info("training %d steps (%d per epoch) from step %d on %d processes, teachers %s", total_steps, per_epoch,
-                start_step, accelerator.num_processes, "online" if online else f"cached in {data.cache_path}")
 
     model.train()
     step_started = time.perf_counter()
@@ -320,9 +348,10 @@ def plot_training_curves(output_dir: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     steps = [json.loads(line) for line in (output_dir / STEP_LOG).read_text().splitlines() if line.strip()]
-    val_path = output_dir / "val_log.jsonl"
+    val_path = output_dir / VAL_LOG
     epochs = [json.loads(line) for line in val_path.read_text().splitlines() if line.strip()] if val_path.is_file() else []
     if not steps:
         return None
@@ -334,6 +363,8 @@ def plot_training_curves(output_dir: Path) -> Path | None:
     loss_axis.set_ylabel("loss")
     loss_axis.legend()
     recall_axis.plot([record["epoch"] for record in epochs], [record["R1"] for record in epochs], marker="o")
+    recall_axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    recall_axis.set_ylim(bottom=0)
     recall_axis.set_xlabel("epoch")
     recall_axis.set_ylabel("validation text-to-video R@1 (%)")
     figure.tight_layout()
@@ -357,7 +388,7 @@ def end_epoch(accelerator: Accelerator, model, config: Config, val_split, epoch:
         result = evaluate_model(student, config, "val", device, split=val_split)
         r1 = result["text_to_video"]["R1"]
         logger.info("epoch %d: validation text-to-video R@1 %.2f (best so far %.2f)", epoch, r1, max(best_r1, r1))
-        write_step_log(output_dir / "val_log.jsonl", {"epoch": epoch, **result["text_to_video"]})
+        write_step_log(output_dir / VAL_LOG, {"epoch": epoch, **result["text_to_video"]})
         if r1 >= best_r1:
             best_r1 = r1
             shutil.copytree(epoch_path.parent, output_dir / BEST_DIR, dirs_exist_ok=True)

@@ -176,6 +176,11 @@ def run_evaluate(config: Config, checkpoint: str | Path, split_name: str = "test
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model_name = canonical_teacher_name(teacher) if teacher else STUDENT
     output_dir = Path(output_dir or config.evaluate.output_dir or Path(config.train.output_dir) / "eval")
+    # The checkpoint is loaded before the videos are scanned, so a wrong path fails at once.
+    if teacher:
+        model = load_teacher(model_name, checkpoint, config.model.precision).to(device)
+    else:
+        model = load_student(checkpoint, config.model.precision).to(device)
     split = load_split(config, split_name, report_dir=output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     extra = {"model": model_name, "checkpoint": str(checkpoint), "split": split_name,
@@ -183,12 +188,10 @@ def run_evaluate(config: Config, checkpoint: str | Path, split_name: str = "test
 
     encoded = None
     if teacher:
-        model = load_teacher(model_name, checkpoint, config.model.precision).to(device)
         teacher_encoded = encode_teacher_split(model, config, split, split_name, device)
         result = score_teacher_split(model, teacher_encoded, device, chunk_size=teacher_chunk_size,
                                      dual_softmax=config.evaluate.dual_softmax, work_dir=output_dir)
     else:
-        model = load_student(checkpoint, config.model.precision).to(device)
         encoded = encode_split(model, config, split, split_name, device)
         result = score_split(encoded, config.evaluate.chunk_size or None, config.evaluate.dual_softmax)
 

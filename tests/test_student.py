@@ -91,7 +91,7 @@ def test_missing_checkpoint_names_path_and_source(tmp_path):
 
 
 def test_teacher_checkpoint_rejected_as_student(parity_dir):
-    with pytest.raises(CheckpointMismatchError, match="looks like a xclip checkpoint"):
+    with pytest.raises(CheckpointMismatchError, match="looks like a checkpoint of model 'xclip'"):
         load_student(parity_dir / "xclip.bin")
 
 

@@ -94,7 +94,8 @@ def read_state_dict(path: str | Path, kind: str) -> dict[str, torch.Tensor]:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises several types for unreadable or unsafe files
             raise CheckpointMismatchError(
-                f"could not read {kind} checkpoint {path}: {error}. Expected a state dict saved with torch.save "
+                f"could not read {kind} checkpoint {path} ({type(error).__name__}: {error}). Expected a state dict "
+                "saved with torch.save "
                 "(tensors only) or a TorchScript archive"
             ) from error
 
@@ -120,7 +121,7 @@ def require_model(state_dict: dict[str, torch.Tensor], expected: str, path: str 
     found = identify_model(state_dict)
     if found != expected:
         raise CheckpointMismatchError(
-            f"{path} looks like a {found} checkpoint, not a {expected} checkpoint; "
+            f"{path} looks like a checkpoint of model '{found}', not of model '{expected}'; "
             f"pass a {expected} checkpoint (from {CHECKPOINT_SOURCES.get(expected, 'its release')})"
         )
 

@@ -223,3 +223,22 @@ def test_cli_fingerprint_mismatch_without_traceback(precomputed, tmp_path):
     assert result.exit_code == 1
     assert "seed: expected 99, stored 0" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("teachers", [("xclip", "ts2net"), ("xpool",)])
+def test_teacher_sets_precompute_and_train(teachers, tmp_path):
+    config = tiny_config(tmp_path, teachers=teachers, overrides=("train.batch_size=8",))
+    result = run_precompute(config)
+    with TeacherCache.open(result.cache_path) as cache:
+        assert sorted(cache.teacher_names) == sorted(teachers)
+        targets = cache.read_step(0)
+    for name in teachers:
+        logits, frame_targets = targets[name]
+        assert logits.shape == (8, 8)
+        assert np.allclose(frame_targets.sum(axis=1), 1.0, atol=1e-5)
+
+    trained = run_distill(config)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert trained.best_checkpoint.is_file()
+    assert len(log) == 6
+    assert all(record["coarse"] > 0 for record in log)

@@ -40,7 +40,7 @@ class SampleSet:
 
 
 def build_samples(annotations: SplitAnnotations, skip_videos: frozenset[str] = frozenset()) -> SampleSet:
-    """One sample per caption, dropping captions of videos in `skip_videos`; videos keep split order."""
+    """Build one sample per caption, leaving out videos in `skip_videos`; videos keep the split's order."""
     kept_videos = tuple(video_id for video_id in annotations.video_ids if video_id not in skip_videos)
     video_position = {video_id: index for index, video_id in enumerate(kept_videos)}
     captions = [caption for caption in annotations.captions if caption.video_id in video_position]

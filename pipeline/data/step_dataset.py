@@ -1,7 +1,7 @@
 """Replay of the training schedule: one item per step with this process's slice of the global batch.
 
 Under Accelerate each process takes rows [rank * local, (rank + 1) * local) of the scheduled global
-batch; the cached teacher targets of the whole global batch come along, because the losses are
+batch. The cached teacher targets of the whole global batch come along, because the losses are
 computed over the gathered global B x B matrix.
 """
 
@@ -35,7 +35,7 @@ def local_rows(batch_size: int, rank: int, world_size: int) -> slice:
 
 @dataclass(frozen=True)
 class TrainingTables:
-    """What replaying the schedule needs besides frames and targets, from a cache or from the config."""
+    """Tables for replaying the schedule (besides frames and targets), read from a cache or built from the config."""
 
     schedule: np.ndarray  # [steps, batch] sample indices
     text_index: np.ndarray  # [samples]

@@ -139,14 +139,14 @@ class TeachCLIPStudent(nn.Module):
         return logits, frame_weights
 
     def encode_video(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        """The holistic retrieval vector [videos, dim] of normalised frames [videos, frames, 3, H, W]."""
+        """Encode normalised frames [videos, frames, 3, H, W] into holistic retrieval vectors [videos, dim]."""
         return self.pool_video(self.video_states(self.encode_frames(frames), frame_mask))
 
     def forward(self, input_ids: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor,
                 gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch logits [texts, videos] and frame weights [videos, frames] for one training batch.
+        """Compute batch logits [texts, videos] and frame weights [videos, frames] for one training batch.
 
-        `gather` concatenates a tensor over processes; with it, each process passes its slice of the
+        `gather` concatenates a tensor over processes. With it, each process passes its slice of the
         global batch and receives the logits of the whole global batch.
         """
         text_features = self.encode_text(input_ids)

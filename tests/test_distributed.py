@@ -45,11 +45,11 @@ def child_environment() -> dict:
     return environment
 
 
-def torchrun(stage: str, config_path) -> subprocess.CompletedProcess:
+def torchrun(stage: str, config_path, *options: str) -> subprocess.CompletedProcess:
     """Run a stage in two gloo processes on this machine, as a user would with torchrun."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-               "-m", "pipeline.cli", stage, "--config", str(config_path)]
+               "-m", "pipeline.cli", stage, *options, "--config", str(config_path)]
     return subprocess.run(command, env=child_environment(), capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S)
 
 
@@ -145,3 +145,18 @@ def test_two_process_precompute_matches_one(tmp_path):
                 assert (first[name][1] == second[name][1]).all(), (step, name)
         for video in range(len(one.video_ids)):
             assert (one.read_video_frames(video) == two.read_video_frames(video)).all(), video
+
+
+def test_two_process_online_matches_one(cached_config, tmp_path):
+    single_dir, double_dir = tmp_path / "single", tmp_path / "double"
+    run_distill(build_config(cached_config.to_dict(), overrides=(f"train.output_dir={single_dir}",)), online=True)
+    write_run_config(cached_config, tmp_path / "double.yaml", double_dir)
+
+    completed = torchrun("distill", tmp_path / "double.yaml", "--online")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+    single_log, double_log = read_log(single_dir), read_log(double_dir)
+    assert len(single_log) == len(double_log) == 6
+    for one, two in zip(single_log, double_log):
+        for term in ("loss", "coarse", "fine"):
+            assert one[term] == pytest.approx(two[term], abs=LOSS_TOLERANCE), (one["step"], term)

@@ -242,3 +242,11 @@ def test_teacher_sets_precompute_and_train(teachers, tmp_path):
     assert trained.best_checkpoint.is_file()
     assert len(log) == 6
     assert all(record["coarse"] > 0 for record in log)
+
+
+def test_gradient_accumulation_rejected(precomputed, tmp_path):
+    config, _ = precomputed
+    run_config = build_config(config.to_dict(), overrides=(
+        "train.gradient_accumulation_steps=2", f"train.output_dir={tmp_path}"))
+    with pytest.raises(ValueError, match="gradient_accumulation_steps must be 1"):
+        run_distill(run_config)

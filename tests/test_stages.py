@@ -19,6 +19,10 @@ from stages.precompute import run_precompute
 from tiny_run import TINY_MAX_FRAMES, tiny_config
 
 
+def read_train_log(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+
 @pytest.fixture(scope="module")
 def precomputed(tmp_path_factory):
     directory = tmp_path_factory.mktemp("stages")
@@ -77,8 +81,8 @@ def test_cached_and_online_losses_match(precomputed, tmp_path):
     run_distill(cached_config)
     run_distill(online_config, online=True)
 
-    cached = [json.loads(line) for line in (tmp_path / "cached" / "train_log.jsonl").read_text().splitlines()]
-    online = [json.loads(line) for line in (tmp_path / "online" / "train_log.jsonl").read_text().splitlines()]
+    cached = read_train_log(tmp_path / "cached")
+    online = read_train_log(tmp_path / "online")
     assert len(cached) == len(online) == 6
     for cached_step, online_step in zip(cached, online):
         for term in ("loss", "ground_truth", "coarse", "fine"):
@@ -153,8 +157,8 @@ def test_bf16_mixed_precision_trains(precomputed, tmp_path):
     run_distill(full)
     run_distill(mixed)
 
-    full_log = [json.loads(line) for line in (tmp_path / "fp32" / "train_log.jsonl").read_text().splitlines()]
-    mixed_log = [json.loads(line) for line in (tmp_path / "bf16" / "train_log.jsonl").read_text().splitlines()]
+    full_log = read_train_log(tmp_path / "fp32")
+    mixed_log = read_train_log(tmp_path / "bf16")
     assert len(mixed_log) == 6
     assert all(np.isfinite(record["loss"]) for record in mixed_log)
     # bfloat16 keeps about 3 significant digits, so the first loss agrees to about 1e-2.
@@ -238,7 +242,7 @@ def test_teacher_sets_precompute_and_train(teachers, tmp_path):
         assert np.allclose(frame_targets.sum(axis=1), 1.0, atol=1e-5)
 
     trained = run_distill(config)
-    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    log = read_train_log(tmp_path / "run")
     assert trained.best_checkpoint.is_file()
     assert len(log) == 6
     assert all(record["coarse"] > 0 for record in log)

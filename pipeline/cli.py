@@ -143,7 +143,7 @@ def evaluate(config_path: str, overrides: tuple[str, ...], checkpoint: str, spli
 @click.option("--epochs", default=2, show_default=True, type=click.IntRange(min=1), help="Training epochs.")
 @click.option("--backend", type=click.Choice(["zarr", "hdf5"]), default="zarr", show_default=True, help="Cache format.")
 def demo(output_dir: str, epochs: int, backend: str) -> None:
-    """Run precompute, distill and evaluate on the bundled clips with tiny random models (CPU, a few minutes)."""
+    """Run precompute, distill and evaluate on the bundled clips with tiny random models (CPU, under a minute)."""
     from stages.demo import run_demo
 
     result = run_stage(run_demo, Path(output_dir), epochs=epochs, backend=backend)

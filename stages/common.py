@@ -14,6 +14,7 @@ from pipeline.data.frames import FrameSettings
 from pipeline.data.videos import scan_videos
 from pipeline.data.readers import SplitAnnotations, read_split
 from pipeline.data.samples import SampleSet, build_samples
+from pipeline.data.video_dataset import VideoFramesDataset
 from pipeline.text.tokenizer import VOCAB_FILE
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,13 @@ def frame_settings(config: Config, split: str) -> FrameSettings:
         slice_framepos=datasets.slice_framepos,
         frame_order=datasets.train_frame_order if split == "train" else datasets.eval_frame_order,
     )
+
+
+def split_videos(config: Config, samples: SampleSet, split: str) -> VideoFramesDataset:
+    """Build the decoding dataset of a split's videos with the config's frame settings, time limit and seed."""
+    return VideoFramesDataset(config.datasets.video_path, samples.video_ids, frame_settings(config, split),
+                              clip_times=samples.clip_times, timeout_s=config.datasets.decode_timeout_s,
+                              seed=config.train.seed)
 
 
 def default_cache_path(config: Config) -> Path:

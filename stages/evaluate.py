@@ -19,7 +19,6 @@ from tqdm import tqdm
 
 from pipeline import metrics
 from pipeline.config import Config
-from pipeline.data.video_dataset import VideoFramesDataset
 from pipeline.exports import FeatureSet, SplitFeatures, export_split_features
 from pipeline.models.factory import load_student
 from pipeline.models.preprocess import normalize_frames
@@ -27,7 +26,7 @@ from pipeline.models.student import TeachCLIPStudent
 from pipeline.models.teachers import canonical_teacher_name, load_teacher
 from pipeline.report import REPORT_FILE, STUDENT, RankSeries, write_rank_report
 from pipeline.text.tokenizer import tokenize_captions
-from stages.common import SplitData, frame_settings, load_split
+from stages.common import SplitData, load_split, split_videos
 from stages.evaluate_teacher import encode_teacher_split, score_teacher_split
 
 logger = logging.getLogger(__name__)
@@ -62,9 +61,7 @@ def encode_split(model: TeachCLIPStudent, config: Config, split: SplitData, spli
         input_ids = torch.from_numpy(tokens.input_ids[start:start + batch_size]).long().to(device)
         text_chunks.append(torch.nn.functional.normalize(model.encode_text(input_ids), dim=-1).cpu())
 
-    dataset = VideoFramesDataset(config.datasets.video_path, samples.video_ids, frame_settings(config, split_name),
-                                 clip_times=samples.clip_times, timeout_s=config.datasets.decode_timeout_s,
-                                 seed=config.train.seed)
+    dataset = split_videos(config, samples, split_name)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=config.datasets.num_thread_reader)
     video_chunks = []
     for batch in tqdm(loader, desc=f"{split_name}: videos", unit="batch"):

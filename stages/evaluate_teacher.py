@@ -20,11 +20,10 @@ from tqdm import tqdm
 
 from pipeline import metrics
 from pipeline.config import Config
-from pipeline.data.video_dataset import VideoFramesDataset
 from pipeline.models.preprocess import normalize_frames
 from pipeline.models.teachers.base import Features, Teacher, concatenate_items
 from pipeline.text.tokenizer import tokenize_captions
-from stages.common import SplitData, frame_settings
+from stages.common import SplitData, split_videos
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +73,7 @@ def encode_teacher_split(teacher: Teacher, config: Config, split: SplitData, spl
         attention_mask = torch.from_numpy(tokens.attention_mask[start:start + batch_size]).long().to(device)
         text_chunks.append(_to_cpu(teacher.encode_texts(input_ids, attention_mask)))
 
-    dataset = VideoFramesDataset(config.datasets.video_path, samples.video_ids, frame_settings(config, split_name),
-                                 clip_times=samples.clip_times, timeout_s=config.datasets.decode_timeout_s,
-                                 seed=config.train.seed)
+    dataset = split_videos(config, samples, split_name)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=config.datasets.num_thread_reader)
     video_chunks = []
     for batch in tqdm(loader, desc=f"{teacher.name}: videos", unit="batch"):

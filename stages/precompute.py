@@ -27,7 +27,7 @@ from pipeline.data.samples import SampleSet, build_schedule, tokenize_samples
 from pipeline.data.video_dataset import VideoFramesDataset
 from pipeline.models.preprocess import normalize_frames
 from pipeline.models.teachers import Teacher, canonical_teacher_name, load_teacher
-from stages.common import SplitData, cache_fingerprint, default_cache_path, frame_settings, load_split
+from stages.common import SplitData, cache_fingerprint, default_cache_path, load_split, split_videos
 
 logger = logging.getLogger(__name__)
 
@@ -235,9 +235,7 @@ def run_precompute(config: Config, device: str | None = None) -> PrecomputeResul
                     world_size, len(my_videos), len(samples.video_ids), len(shard(needed_texts, rank, world_size)),
                     len(samples.text_ids), {name: len(steps) for name, steps in my_pending.items()})
 
-        dataset = VideoFramesDataset(config.datasets.video_path, samples.video_ids, frame_settings(config, "train"),
-                                     clip_times=samples.clip_times, timeout_s=config.datasets.decode_timeout_s,
-                                     seed=config.train.seed)
+        dataset = split_videos(config, samples, "train")
         video_parts, masks = encode_video_shard(teachers, dataset, my_videos, config, device, cache, frames_to_store)
         if mask_missing:
             mask_table = gather_rows(my_videos, {"frame_mask": torch.from_numpy(masks)}, len(samples.video_ids))

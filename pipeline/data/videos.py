@@ -129,8 +129,8 @@ def check_video_file(path: str | Path) -> Path:
         raise VideoDecodeError(path, "it is a folder, not a video file")
     if path.is_file() and path.stat().st_size == 0:
         raise VideoDecodeError(path, "the file is empty (0 bytes)",
-                               hint=f"re-download or re-encode it, or pass "
-                                    f"--set datasets.on_missing_video=skip to leave it out")
+                               hint="re-download or re-encode it, or pass "
+                                    "--set datasets.on_missing_video=skip to leave it out")
     return path
 
 

@@ -1,7 +1,7 @@
 """Run configuration: YAML files in TeachCLIP's sections, checked keys, command-line overrides.
 
 Sections and key names follow TeachCLIP's own YAML files (model, datasets, distillation, train),
-so those files load as they are; `cache` and `evaluate` are this tool's additions. Relative paths
+so those files load as they are. `cache` and `evaluate` are this tool's additions. Relative paths
 are taken relative to the working directory, as in TeachCLIP.
 """
 

@@ -197,7 +197,7 @@ def prepare_run_directory(output_dir: Path, resume: bool, overwrite: bool) -> No
     if earlier and not resume:
         if not overwrite:
             raise FileExistsError(
-                f"run directory {output_dir} already holds a run ({', '.join(path.name for path in earlier)}); "
+                f"run directory {output_dir} already contains a run ({', '.join(path.name for path in earlier)}); "
                 "pass --resume to continue it, --set train.overwrite=true to start it over, or choose another "
                 "--output-dir"
             )

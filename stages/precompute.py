@@ -242,8 +242,8 @@ def run_precompute(config: Config, device: str | None = None) -> PrecomputeResul
             if accelerator.is_main_process:
                 cache.write_videos(np.asarray(samples.video_ids), mask_table["frame_mask"].numpy())
 
-        # NOTE: every process holds the gathered features of all needed items in memory; X-CLIP's
-        # word features for 180,000 MSR-VTT captions take about 12 GB in float32.
+        # NOTE: every process keeps the gathered features of all needed items in memory. X-CLIP's
+        # word features for 180,000 MSR-VTT captions take about 12 GB in float32 (an estimate from shapes).
         written = 0
         for teacher, video_part in zip(teachers, video_parts):
             video_features = gather_rows(my_videos, video_part, len(samples.video_ids))

@@ -16,7 +16,7 @@ from stages.distill import run_distill
 from stages.precompute import run_precompute
 from tiny_run import tiny_config
 
-# Two processes sum gradients in another order than one process; after a few BertAdam steps the
+# Two processes sum gradients in another order than one process. After a few BertAdam steps the
 # weights agree to about 1e-6, so 1e-4 leaves room without hiding a wrong gradient scale.
 WEIGHT_TOLERANCE = 1e-4
 LOSS_TOLERANCE = 1e-5

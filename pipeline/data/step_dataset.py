@@ -73,7 +73,7 @@ class ScheduleDataset(Dataset):
         self._cache: TeacherCache | None = None
 
     def cache(self) -> TeacherCache:
-        # Opened lazily so each DataLoader worker holds its own handle.
+        # Opened lazily so each DataLoader worker opens its own handle.
         if self._cache is None:
             self._cache = TeacherCache.open(self.cache_path, mode="r")
         return self._cache

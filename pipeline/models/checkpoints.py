@@ -130,8 +130,8 @@ def load_parameters(model: nn.Module, state_dict: dict[str, torch.Tensor], sourc
                     allowed_missing: tuple[str, ...] = ()) -> LoadReport:
     """Copy `state_dict` into `model`, checking shapes, and log what is missing or unexpected.
 
-    Names that start with a prefix in `allowed_missing` may stay missing (freshly initialised heads);
-    any other missing name, or a shape that does not fit, raises CheckpointMismatchError.
+    Names that start with a prefix in `allowed_missing` may stay missing (freshly initialised heads).
+    Any other missing name, or a shape that does not fit, raises CheckpointMismatchError.
     """
     own_state = model.state_dict()
     report = LoadReport(

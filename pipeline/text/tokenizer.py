@@ -22,7 +22,7 @@ VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 START_OF_TEXT = "<|startoftext|>"
 END_OF_TEXT = "<|endoftext|>"
 # CLIP uses the first 48,894 merges of the file (49,152 ids minus 256 bytes, their 256 word-final forms
-# and the two special tokens); the first line of the file is a header.
+# and the two special tokens). The first line of the file is a header.
 MERGE_COUNT = 49152 - 256 - 2
 WORD_END = "</w>"
 
@@ -35,7 +35,7 @@ TOKEN_PATTERN = regex.compile(
 
 @lru_cache()
 def byte_to_unicode() -> dict[int, str]:
-    """Map each byte to a printable character, so BPE never sees whitespace or control bytes."""
+    """Map each byte to a printable character, so BPE receives no whitespace or control bytes."""
     printable = (
         list(range(ord("!"), ord("~") + 1))
         + list(range(ord("¡"), ord("¬") + 1))

@@ -1,4 +1,4 @@
-"""What every annotation reader returns: the captions and the video list of one split."""
+"""Annotation reader results: the captions and the video list of one split."""
 
 from __future__ import annotations
 

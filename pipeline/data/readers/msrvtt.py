@@ -51,7 +51,7 @@ def read_sentences(data_path: Path) -> dict[str, list[str]]:
 
 
 def read_msrvtt_train(data_path: Path, split_csv: Path, split: str) -> SplitAnnotations:
-    """Every caption of every video listed in the split csv, one caption a sample."""
+    """Read every caption of every video listed in the split csv, one caption a sample."""
     rows = read_csv_rows(split_csv)
     video_ids = tuple(dict.fromkeys(row["video_id"] for row in rows))
     sentences = read_sentences(data_path)

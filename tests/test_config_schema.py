@@ -67,3 +67,15 @@ def test_malformed_override_rejected():
 def test_missing_config_file_named(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_bad_override_names_the_set():
+    with pytest.raises(ConfigError) as error:
+        build_config({}, overrides=("train.epoch=3",))
+    assert "--set train.epoch=3" in str(error.value)
+    assert "did you mean 'epochs'" in str(error.value)
+
+
+def test_split_teacher_keys_in_overrides():
+    config = build_config({}, overrides=("distillation.teacher1_name=XCLIP", "distillation.init_teacher1_model=a.bin"))
+    assert [(spec.name, spec.checkpoint) for spec in config.distillation.teachers] == [("XCLIP", "a.bin")]
